@@ -1,0 +1,153 @@
+"""The metrics every trial records (the job spec's metric names), measured on a runnable model.
+
+:func:`compute_metrics` gives all of them except ``duration_s`` (the worker times the trial):
+accuracy, accuracy_drop, loss, params, nonzero_params, size_bytes, compression_ratio, macs,
+latency_ms, throughput. ``size_bytes`` is the size of the packed checkpoint file, and the
+baseline is the dense fp32 checkpoint of the uncompressed model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from operators.datasets import Dataset
+
+MAC_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class _EvalMode:
+    """Context manager: put a model in eval mode and restore its previous mode on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> nn.Module:
+        return self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Top-1 ``accuracy`` (0..1) and mean cross-entropy ``loss`` on the validation split."""
+    device = torch.device(device)
+    model.to(device)
+    n = len(dataset.y_val)
+    correct, loss_sum = 0, 0.0
+    with _EvalMode(model), torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = dataset.x_val[start : start + batch_size].to(device)
+            y = dataset.y_val[start : start + batch_size].to(device)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == y).sum())
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters) over all ``nn.Parameter``s (weights, biases, norms)."""
+    params = list(model.parameters())
+    return (
+        sum(p.numel() for p in params),
+        sum(int(torch.count_nonzero(p.detach())) for p in params),
+    )
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates per sample of the model's Linear and Conv layers, counted dense.
+
+    Measured with forward hooks on one zero input of ``(1, *input_shape)``: a Linear layer
+    costs ``in_features`` per output value, a Conv layer ``in_channels / groups * kernel``.
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            per_output = module.in_features
+        else:
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+        total += per_output * output.numel()
+
+    device = next(model.parameters(), torch.empty(0)).device
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, MAC_LAYERS)]
+    try:
+        with _EvalMode(model), torch.inference_mode():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 5,
+    repeats: int = 30,
+) -> dict[str, float]:
+    """Median wall time of one forward pass of a random batch, and samples per second."""
+    device = torch.device(device)
+    model.to(device)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    times = []
+    with _EvalMode(model), torch.inference_mode():
+        for i in range(warmup + repeats):
+            _sync(device)
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"latency_ms": median * 1e3, "throughput": batch_size / median}
+
+
+def compute_metrics(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    checkpoint_path: Path,
+    baseline: dict,
+    device: str | torch.device = "cpu",
+    latency_batch_size: int = 1,
+) -> dict[str, float | int]:
+    """Every job-spec metric but ``duration_s``; ``baseline`` holds the dense model's
+    ``accuracy`` and ``size_bytes``."""
+    quality = evaluate(model, dataset, device=device)
+    params, nonzero = count_params(model)
+    size = os.path.getsize(checkpoint_path)
+    return {
+        **quality,
+        "accuracy_drop": baseline["accuracy"] - quality["accuracy"],
+        "params": params,
+        "nonzero_params": nonzero,
+        "size_bytes": size,
+        "compression_ratio": baseline["size_bytes"] / size,
+        "macs": count_macs(model, dataset.input_shape),
+        **measure_latency(model, dataset.input_shape, batch_size=latency_batch_size, device=device),
+    }

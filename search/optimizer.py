@@ -1,0 +1,423 @@
+"""Stateless ask-style optimiser: propose the next candidates from a history of trials.
+
+:func:`propose` sees the finished trials (:class:`Observation`, ``metrics=None`` for a failed
+one) and the pending ones (candidates being evaluated), and returns ``n`` new candidates:
+
+1. While fewer than ``n_initial`` trials exist (finished + pending), scrambled Sobol points:
+   point number ``len(history) + len(pending) + i`` of the sequence seeded by ``seed``.
+2. Then BoTorch: one GP per modelled metric (a ``SingleTaskGP`` with ``Standardize`` in a
+   ``ModelListGP``), for the objective metric(s) and each constrained metric, and
+
+   * ``qLogNoisyExpectedImprovement`` with constraints for a single objective, or
+   * ``qLogNoisyExpectedHypervolumeImprovement`` with constraints for a Pareto objective
+     (reference point: the observed nadir minus 10% of the range),
+
+   optimised sequentially-greedy over the unit cube with the pending points as ``X_pending``;
+   with several strategies, the strategy column is enumerated (``optimize_acqf_mixed``).
+3. Failed trials and non-finite metrics stay in the data as infeasible points: the worst
+   observed objective value and a constraint value beyond its bound.
+4. Whatever goes wrong in fitting or optimising, the answer is Sobol points with reason
+   ``"random-fallback"`` and the error text: :func:`propose` does not raise on real histories.
+
+Same ``seed`` + same history + same pending = same proposals; the global RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
+from botorch.acquisition.objective import GenericMCObjective
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import ModelListGP, SingleTaskGP
+from botorch.models.transforms.outcome import Standardize
+from botorch.optim import optimize_acqf, optimize_acqf_mixed
+from botorch.sampling import SobolQMCNormalSampler
+from gpytorch.mlls import SumMarginalLogLikelihood
+from torch import Tensor
+
+from .objective import Constraint, Objective
+from .pareto import infer_reference
+from .space import Candidate, SearchSpace
+
+__all__ = ["Observation", "Proposal", "SearchSettings", "default_n_initial", "propose"]
+
+
+@dataclass
+class Observation:
+    """A finished trial: its candidate and its metrics (None when the trial failed)."""
+
+    candidate: Candidate
+    metrics: dict[str, float] | None
+
+
+@dataclass
+class Proposal:
+    """A proposed candidate and why: ``reason`` holds ``method`` (``"sobol"``, ``"qLogNEI"``,
+    ``"qLogNEHVI"``, ``"random-fallback"``), ``acquisition_value``, ``predicted`` (posterior
+    ``{metric: {"mean", "std"}}`` in the metric's units), ``n_observations`` and, for a
+    fallback, ``error``."""
+
+    candidate: Candidate
+    reason: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Effort of the acquisition optimisation (defaults keep one call well under 3 s)."""
+
+    num_restarts: int = 8
+    raw_samples: int = 256
+    mc_samples: int = 128
+    maxiter: int = 200
+    #: torch intra-op threads while fitting and optimising; the matrices are tiny, and more
+    #: threads only add contention (10x slower on a busy 2-core machine). None: leave as is.
+    num_threads: int | None = 1
+
+
+DEFAULT_SETTINGS = SearchSettings()
+
+
+class _NotEnoughData(ValueError):
+    """The history cannot support a model yet."""
+
+
+def default_n_initial(dim: int) -> int:
+    """Sobol points before the first model: ``max(2, min(5, dim + 1))``."""
+    return max(2, min(5, dim + 1))
+
+
+def propose(
+    space: SearchSpace,
+    objective: Objective,
+    history: Sequence[Observation],
+    pending: Sequence[Candidate],
+    n: int,
+    *,
+    seed: int,
+    n_initial: int | None = None,
+    settings: SearchSettings = DEFAULT_SETTINGS,
+) -> list[Proposal]:
+    """Propose ``n`` new candidates given the finished (``history``) and running
+    (``pending``) trials. Deterministic in its inputs; never raises on odd histories
+    (failed trials, NaN metrics, flat outputs): it falls back to Sobol points instead."""
+    if n <= 0:
+        return []
+    history, pending = list(history), list(pending)
+    n_seen = len(history) + len(pending)
+    n_initial = default_n_initial(space.dim) if n_initial is None else n_initial
+    taken = {c.key() for c in pending}
+    if n_seen < n_initial or space.dim == 0:
+        candidates = _sobol_candidates(space, seed, n_seen, taken)
+        return [Proposal(next(candidates), _reason("sobol", history)) for _ in range(n)]
+    try:
+        with (
+            warnings.catch_warnings(),
+            torch.random.fork_rng(devices=[]),
+            _torch_threads(settings.num_threads),
+        ):
+            warnings.simplefilter("ignore")
+            torch.manual_seed(seed * 1000 + len(history))
+            return _propose_with_model(
+                space, objective, history, pending, n, seed=seed, taken=taken, settings=settings
+            )
+    except Exception as error:  # noqa: BLE001 - any failure means "explore instead"
+        reason = _reason("random-fallback", history, error=f"{type(error).__name__}: {error}")
+        candidates = _sobol_candidates(space, seed, n_seen, taken)
+        return [Proposal(next(candidates), dict(reason)) for _ in range(n)]
+
+
+# ------------------------------------------------------------------- helpers
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads, restoring the previous number after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _reason(
+    method: str,
+    history: Sequence[Observation],
+    *,
+    acquisition_value: float | None = None,
+    predicted: dict[str, dict[str, float]] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    reason: dict[str, Any] = {
+        "method": method,
+        "acquisition_value": _json_number(acquisition_value),
+        "predicted": predicted or {},
+        "n_observations": len(history),
+    }
+    if error is not None:
+        reason["error"] = error
+    return reason
+
+
+def _sobol_candidates(
+    space: SearchSpace, seed: int, start: int, taken: set[str], max_skips: int = 256
+) -> Iterator[Candidate]:
+    """Candidates from point ``start`` of the scrambled Sobol sequence seeded by ``seed``,
+    skipping those in ``taken`` (at most ``max_skips`` times: a small discrete space may be
+    exhausted). Every candidate yielded is added to ``taken``."""
+    engine = torch.quasirandom.SobolEngine(max(space.dim, 1), scramble=True, seed=seed)
+    if start:
+        engine.fast_forward(start)
+    skips = 0
+    while True:
+        x = engine.draw(1, dtype=torch.double)[0, : space.dim]
+        candidate = space.decode(x)
+        if candidate.key() in taken and skips < max_skips:
+            skips += 1
+            continue
+        taken.add(candidate.key())
+        yield candidate
+
+
+def _json_number(value: Any) -> float | None:
+    """``float(value)``, or None where JSON has no number for it (NaN, inf, None)."""
+    return float(value) if _finite(value) else None
+
+
+def _finite(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _failure_fill(name: str, values: Tensor, objective: Objective) -> float:
+    """The value a failed trial gets for metric ``name``: beyond a constraint bound if the
+    metric is constrained, else the worst observed objective value."""
+    low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else max(abs(high), 1.0)
+    goal = dict(objective.metrics).get(name)
+    maxes = [c.max for c in objective.constraints if c.metric == name and c.max is not None]
+    mins = [c.min for c in objective.constraints if c.metric == name and c.min is not None]
+    above = max([high, *maxes]) + 0.1 * span
+    below = min([low, *mins]) - 0.1 * span
+    if maxes and mins:
+        return below if goal == "max" else above
+    if maxes:
+        return above
+    if mins:
+        return below
+    return low if goal == "max" else high
+
+
+def _training_data(
+    space: SearchSpace, objective: Objective, history: Sequence[Observation]
+) -> tuple[Tensor, Tensor, list[str]]:
+    """``n x d`` inputs and ``n x m`` outputs (objective metrics, then constrained ones)."""
+    names = objective.modelled_metrics
+    usable = [
+        obs.metrics is not None and all(_finite(obs.metrics.get(m)) for m in names)
+        for obs in history
+    ]
+    if sum(usable) < 2:
+        raise _NotEnoughData(
+            f"need 2 finished trials with finite {names} to fit a model, have {sum(usable)}"
+        )
+    X = torch.stack([space.encode(obs.candidate) for obs in history])
+    Y = torch.full((len(history), len(names)), math.nan, dtype=torch.double)
+    ok = torch.tensor(usable)
+    for i, obs in enumerate(history):
+        if usable[i]:
+            Y[i] = torch.tensor([float(obs.metrics[m]) for m in names], dtype=torch.double)
+    for j, name in enumerate(names):
+        Y[~ok, j] = _failure_fill(name, Y[ok, j], objective)
+    n_objectives = len(objective.metrics)
+    if all(float(Y[ok, j].max() - Y[ok, j].min()) == 0.0 for j in range(n_objectives)):
+        raise _NotEnoughData(f"all observed values of {objective.metric_names} are equal")
+    return X, Y, names
+
+
+def _fit_model(X: Tensor, Y: Tensor) -> ModelListGP:
+    """One ``SingleTaskGP`` per output column, outcomes standardised, fitted by marginal
+    likelihood (separate models fit faster than one batched multi-output GP)."""
+    models = [
+        SingleTaskGP(X, Y[:, j : j + 1], outcome_transform=Standardize(m=1))
+        for j in range(Y.shape[-1])
+    ]
+    model = ModelListGP(*models)
+    fit_gpytorch_mll(SumMarginalLogLikelihood(model.likelihood, model))
+    return model
+
+
+def _constraint_callables(
+    constraints: Sequence[Constraint], names: list[str]
+) -> list[Callable[[Tensor], Tensor]]:
+    """BoTorch constraints: each callable is <= 0 where the bound holds."""
+
+    def upper(Z: Tensor, j: int, bound: float) -> Tensor:
+        return Z[..., j] - bound
+
+    def lower(Z: Tensor, j: int, bound: float) -> Tensor:
+        return bound - Z[..., j]
+
+    callables = []
+    for c in constraints:
+        j = names.index(c.metric)
+        if c.max is not None:
+            callables.append(lambda Z, j=j, b=c.max: upper(Z, j, b))
+        if c.min is not None:
+            callables.append(lambda Z, j=j, b=c.min: lower(Z, j, b))
+    return callables
+
+
+def _acquisition(
+    model: ModelListGP,
+    objective: Objective,
+    history: Sequence[Observation],
+    X: Tensor,
+    X_pending: Tensor | None,
+    names: list[str],
+    seed: int,
+    settings: SearchSettings,
+) -> tuple[AcquisitionFunction, str]:
+    """The acquisition function and its short name for ``reason["method"]``."""
+    sampler = SobolQMCNormalSampler(sample_shape=torch.Size([settings.mc_samples]), seed=seed)
+    constraints = _constraint_callables(objective.constraints, names) or None
+    signs = torch.tensor(
+        [1.0 if goal == "max" else -1.0 for _, goal in objective.metrics], dtype=torch.double
+    )
+    if objective.kind == "single":
+        sign = float(signs[0])
+        acqf = qLogNoisyExpectedImprovement(
+            model=model,
+            X_baseline=X,
+            sampler=sampler,
+            objective=GenericMCObjective(lambda Z, X=None: sign * Z[..., 0]),
+            X_pending=X_pending,
+            constraints=constraints,
+            prune_baseline=True,
+        )
+        return acqf, "qLogNEI"
+
+    metrics = [obs.metrics for obs in history]
+    feasible = [m for m in metrics if objective.is_feasible(m)]
+    reference = infer_reference(feasible, objective.metrics) or infer_reference(
+        metrics, objective.metrics
+    )
+    if reference is None:
+        raise _NotEnoughData("no trial has finite values for every Pareto metric")
+    ref_point = signs * torch.tensor(
+        [reference[m] for m, _ in objective.metrics], dtype=torch.double
+    )
+    acqf = qLogNoisyExpectedHypervolumeImprovement(
+        model=model,
+        ref_point=ref_point,
+        X_baseline=X,
+        sampler=sampler,
+        objective=WeightedMCMultiOutputObjective(
+            weights=signs, outcomes=list(range(len(objective.metrics)))
+        ),
+        constraints=constraints,
+        X_pending=X_pending,
+        prune_baseline=True,
+    )
+    return acqf, "qLogNEHVI"
+
+
+def _optimize_one(
+    acqf: AcquisitionFunction, space: SearchSpace, settings: SearchSettings
+) -> tuple[Tensor, float]:
+    """The best ``1 x d`` point of the acquisition (snapped to what will be evaluated).
+
+    With several strategies, the strategies that have free parameters go through
+    ``optimize_acqf_mixed`` (one fixed strategy column each); those without any are a single
+    point, evaluated directly (``optimize_acqf_mixed`` cannot mix the two).
+    """
+    bounds = torch.stack(
+        [torch.zeros(space.dim, dtype=torch.double), torch.ones(space.dim, dtype=torch.double)]
+    )
+    common = dict(
+        acq_function=acqf,
+        bounds=bounds,
+        q=1,
+        num_restarts=settings.num_restarts,
+        raw_samples=settings.raw_samples,
+        options={"maxiter": settings.maxiter},
+        post_processing_func=space.snap,
+    )
+    if space.n_strategies == 1:
+        x, value = optimize_acqf(**common)
+        return x.reshape(1, space.dim), float(value.reshape(-1)[0])
+    options: list[tuple[Tensor, float]] = []
+    features = [space.strategy_features(s.name) for s in space.strategies if s.params]
+    if features:
+        x, value = optimize_acqf_mixed(fixed_features_list=features, **common)
+        options.append((x.reshape(1, space.dim), float(value.reshape(-1)[0])))
+    for strategy in space.strategies:
+        if not strategy.params:
+            x = space.encode(Candidate(strategy.name, {})).reshape(1, space.dim)
+            with torch.no_grad():
+                options.append((x, float(acqf(x.unsqueeze(0)).reshape(-1)[0])))
+    return max(options, key=lambda option: option[1])
+
+
+def _propose_with_model(
+    space: SearchSpace,
+    objective: Objective,
+    history: Sequence[Observation],
+    pending: Sequence[Candidate],
+    n: int,
+    *,
+    seed: int,
+    taken: set[str],
+    settings: SearchSettings,
+) -> list[Proposal]:
+    X, Y, names = _training_data(space, objective, history)
+    model = _fit_model(X, Y)
+    X_pending = torch.stack([space.encode(c) for c in pending]) if pending else None
+    acqf, method = _acquisition(model, objective, history, X, X_pending, names, seed, settings)
+
+    chosen: list[Tensor] = []
+    values: list[float] = []
+    for _ in range(n):  # sequential greedy: each point is pending for the next
+        x, value = _optimize_one(acqf, space, settings)
+        chosen.append(x)
+        values.append(value)
+        batch = torch.cat(chosen)
+        acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
+
+    points = torch.cat(chosen)
+    posterior = model.posterior(points)
+    mean, std = posterior.mean.detach(), posterior.variance.detach().clamp_min(0).sqrt()
+    n_seen = len(history) + len(pending)
+    fallback = _sobol_candidates(space, seed, n_seen + n, taken)
+    proposals = []
+    for i in range(n):
+        candidate = space.decode(points[i])
+        if candidate.key() in taken:  # same as a pending one or an earlier proposal
+            reason = _reason(
+                "random-fallback",
+                history,
+                error=f"{method} proposed a duplicate of a pending or just proposed candidate",
+            )
+            proposals.append(Proposal(next(fallback), reason))
+            continue
+        taken.add(candidate.key())
+        predicted = {
+            name: {"mean": _json_number(mean[i, j]), "std": _json_number(std[i, j])}
+            for j, name in enumerate(names)
+        }
+        reason = _reason(method, history, acquisition_value=values[i], predicted=predicted)
+        proposals.append(Proposal(candidate, reason))
+    return proposals

@@ -1,0 +1,132 @@
+"""Pareto fronts, hypervolume and the best feasible trial of a history.
+
+Points are metric dicts (``{"accuracy": 0.98, "size_bytes": 1.2e5}``); goals are
+``(metric, "max" | "min")`` pairs. Points with a missing or non-finite goal metric are never
+on a front and add no hypervolume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from botorch.utils.multi_objective.hypervolume import Hypervolume
+from botorch.utils.multi_objective.pareto import is_non_dominated
+
+from .objective import Goal, Objective
+
+if TYPE_CHECKING:
+    from .optimizer import Observation
+
+__all__ = ["best_feasible", "feasible_front", "hypervolume", "infer_reference", "pareto_front"]
+
+
+def _signed(
+    point: Mapping[str, Any] | None, goals: Sequence[tuple[str, Goal]]
+) -> list[float] | None:
+    """The point's goal values turned into maximisation, or None if any is unusable."""
+    if point is None:
+        return None
+    values = []
+    for name, goal in goals:
+        value = point.get(name)
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(value):
+            return None
+        values.append(value if goal == "max" else -value)
+    return values
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(
+        x > y for x, y in zip(a, b, strict=True)
+    )
+
+
+def pareto_front(
+    points: Sequence[Mapping[str, Any] | None], goals: Sequence[tuple[str, Goal]]
+) -> list[int]:
+    """Indices (ascending) of the non-dominated points; equal points are all kept."""
+    signed = [(i, s) for i, p in enumerate(points) if (s := _signed(p, goals)) is not None]
+    return [i for i, a in signed if not any(_dominates(b, a) for _, b in signed)]
+
+
+def hypervolume(
+    points: Sequence[Mapping[str, Any] | None],
+    goals: Sequence[tuple[str, Goal]],
+    reference: Mapping[str, float],
+) -> float:
+    """Volume dominated by ``points`` and dominating ``reference`` (in the goals' units).
+
+    Exact: a sweep for one or two goals, BoTorch's ``Hypervolume`` beyond.
+    """
+    ref = _signed(reference, goals)
+    if ref is None:
+        raise ValueError(f"reference must give a finite value for each of {[g for g, _ in goals]}")
+    rows = [s for p in points if (s := _signed(p, goals)) is not None]
+    rows = [s for s in rows if all(x > r for x, r in zip(s, ref, strict=True))]
+    if not rows:
+        return 0.0
+    if len(goals) == 1:
+        return max(s[0] for s in rows) - ref[0]
+    if len(goals) == 2:
+        volume, best_y = 0.0, ref[1]
+        for x, y in sorted(rows, key=lambda s: (-s[0], -s[1])):
+            if y > best_y:
+                volume += (x - ref[0]) * (y - best_y)
+                best_y = y
+        return volume
+    Y = torch.tensor(rows, dtype=torch.double)
+    hv = Hypervolume(ref_point=torch.tensor(ref, dtype=torch.double))
+    return float(hv.compute(Y[is_non_dominated(Y)]))
+
+
+def infer_reference(
+    points: Sequence[Mapping[str, Any] | None],
+    goals: Sequence[tuple[str, Goal]],
+    margin: float = 0.1,
+) -> dict[str, float] | None:
+    """A reference point: the nadir of the points minus ``margin`` of their range per goal
+    (in the worse direction). None when no point has finite values for every goal."""
+    rows = [s for p in points if (s := _signed(p, goals)) is not None]
+    if not rows:
+        return None
+    reference = {}
+    for k, (name, goal) in enumerate(goals):
+        column = [s[k] for s in rows]
+        span = max(column) - min(column)
+        if span <= 0:
+            span = max(abs(min(column)), 1.0)
+        worst = min(column) - margin * span
+        reference[name] = worst if goal == "max" else -worst
+    return reference
+
+
+def feasible_front(history: Sequence[Observation], objective: Objective) -> list[int]:
+    """Indices of the feasible observations that are non-dominated on the objective metrics."""
+    feasible = [i for i, obs in enumerate(history) if objective.is_feasible(obs.metrics)]
+    front = pareto_front([history[i].metrics for i in feasible], objective.metrics)
+    return [feasible[j] for j in front]
+
+
+def best_feasible(history: Sequence[Observation], objective: Objective) -> int | None:
+    """Index of the best feasible observation (first one on ties), None if none is feasible.
+
+    For a Pareto objective, "best" is the feasible front point best on the first metric.
+    """
+    name, goal = objective.metrics[0]
+    best, best_value = None, -math.inf
+    for i, obs in enumerate(history):
+        if not objective.is_feasible(obs.metrics):
+            continue
+        value = float(obs.metrics[name]) * (1.0 if goal == "max" else -1.0)
+        if value > best_value:
+            best, best_value = i, value
+    return best

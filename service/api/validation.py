@@ -1,0 +1,79 @@
+"""Checks of a job spec beyond its shape: objective, search space, ops, dataset, model.
+
+Each failure is an `Invalid` naming the field (e.g. `body.search_space.strategies[0].steps[1].op`)
+so a user can fix it without reading the server's logs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from operators.datasets import DatasetError, check_reference
+from operators.finetune import FINETUNE_METHODS
+from operators.strategy import validate_steps
+from search import Candidate, Objective, SearchSpace
+from search.objective import ObjectiveError
+from search.space import SearchSpaceError
+from service.api.errors import Invalid
+from service.api.schemas import JobCreate
+from service.db import ModelRecord
+from service.settings import Settings
+
+
+def _corner_candidates(space: SearchSpace) -> list[Candidate]:
+    """Per strategy: all lows, all highs, and every value of every choice parameter."""
+    out = []
+    for strategy in space.strategies:
+        lows = {p.path: p.choices[0] if p.kind == "choice" else p.low for p in strategy.params}
+        highs = {p.path: p.choices[-1] if p.kind == "choice" else p.high for p in strategy.params}
+        if any(p.kind == "int" for p in strategy.params):
+            lows = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in lows.items()}
+        out += [Candidate(strategy.name, lows), Candidate(strategy.name, highs)]
+        for p in strategy.params:
+            if p.kind == "choice":
+                out += [Candidate(strategy.name, {**lows, p.path: c}) for c in p.choices]
+    return out
+
+
+def _step_field(strategy_index: int, message: str) -> str:
+    """Map "steps[1].sparsity: ..." from the operators to the job's JSON path."""
+    match = re.match(r"(steps\[\d+\](?:\.[A-Za-z_]+)?)", message)
+    suffix = match.group(1) if match else "steps"
+    return f"body.search_space.strategies[{strategy_index}].{suffix}"
+
+
+def validate_search_space(raw: dict[str, Any]) -> SearchSpace:
+    try:
+        space = SearchSpace.from_spec(raw)
+    except SearchSpaceError as exc:
+        raise Invalid(f"body.{exc.field}", str(exc)) from exc
+    index = {s.name: i for i, s in enumerate(space.strategies)}
+    for candidate in _corner_candidates(space):
+        try:
+            validate_steps(space.materialize(candidate))
+        except ValueError as exc:
+            raise Invalid(_step_field(index[candidate.strategy], str(exc)), str(exc)) from exc
+    return space
+
+
+def validate_job(body: JobCreate, session: Session, settings: Settings) -> None:
+    """Raise Invalid (422) naming the first field at fault."""
+    if session.get(ModelRecord, body.model_id) is None:
+        raise Invalid("body.model_id", f"model {body.model_id} is not registered (POST /v1/models)")
+    try:
+        check_reference(body.dataset, settings.data_roots)
+    except DatasetError as exc:
+        raise Invalid("body.dataset", str(exc)) from exc
+    try:
+        Objective.from_spec(body.objective)
+    except ObjectiveError as exc:
+        raise Invalid(f"body.{exc.field}", str(exc)) from exc
+    validate_search_space(body.search_space)
+    if body.finetune.method not in FINETUNE_METHODS:
+        raise Invalid(
+            "body.finetune.method",
+            f"unknown method {body.finetune.method!r}; allowed: {', '.join(FINETUNE_METHODS)}",
+        )

@@ -1,0 +1,147 @@
+"""The `autocompress` command: serve, worker, db, demo, evaluate.
+
+    autocompress demo                     # the whole product on this machine, embedded
+    autocompress serve [--host --port]    # the HTTP API (embedded workers unless a broker is set)
+    autocompress worker [--concurrency]   # a Celery worker (one process per GPU)
+    autocompress db upgrade|current       # Alembic: the only way the schema changes
+    autocompress evaluate CKPT --dataset builtin:mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from service.settings import get_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api import create_app
+
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.db import check_schema
+    from workers.celery_app import app
+    from workers.dispatch import QUEUE
+
+    settings = get_settings()
+    if settings.embedded:
+        print("autocompress worker needs AUTOCOMPRESS_BROKER_URL (e.g. redis://localhost:6379/0)")
+        return 2
+    check_schema(settings.database_url)
+    argv = [
+        "worker",
+        f"--loglevel={args.log_level.upper()}",
+        f"--concurrency={args.concurrency}",
+        "--pool=prefork",
+        f"--queues={QUEUE}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from service.db import schema_status, upgrade
+
+    settings = get_settings()
+    if args.action == "upgrade":
+        upgrade(settings.database_url)
+    current, head = schema_status(settings.database_url)
+    print(json.dumps({"current": current, "head": head, "up_to_date": current == head}))
+    return 0 if current == head or args.action == "current" else 1
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from operators.checkpoint import load_checkpoint
+    from operators.datasets import load_dataset
+    from operators.metrics import compute_metrics
+
+    settings = get_settings()
+    device = torch.device(args.device)
+    model, manifest = load_checkpoint(Path(args.checkpoint), device=device)
+    dataset = load_dataset(args.dataset, settings.data_roots)
+    baseline = manifest.get("metadata", {}).get("baseline") or {}
+    if args.baseline_accuracy is not None:
+        baseline["accuracy"] = args.baseline_accuracy
+    metrics = compute_metrics(
+        model,
+        dataset,
+        checkpoint_path=Path(args.checkpoint),
+        baseline=baseline,
+        device=device,
+        latency_batch_size=args.batch_size,
+    )
+    print(json.dumps(metrics))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(trials=args.trials, epochs=args.epochs, seed=args.seed, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker (distributed mode)")
+    p.add_argument("--concurrency", type=int, default=1, help="trials at once (1 per GPU)")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("db", help="database schema (Alembic)")
+    p.add_argument("action", choices=["upgrade", "current"])
+    p.set_defaults(func=_db)
+
+    p = sub.add_parser("demo", help="train LeNet-300-100 on MNIST and compress it, end to end")
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs per trial")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", type=int, default=0, help="0 = a free port")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("evaluate", help="print the metrics of a checkpoint as JSON")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", required=True, help="e.g. builtin:mnist")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of latency_ms")
+    p.add_argument("--baseline-accuracy", type=float, default=None)
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

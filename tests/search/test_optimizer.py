@@ -1,0 +1,270 @@
+"""propose(): Sobol start, BoTorch phase, pending points, failures, determinism, speed."""
+
+import json
+import math
+import statistics
+import time
+
+import pytest
+import torch
+
+from search import Candidate, Objective, Observation, SearchSpace, best_feasible, propose
+from search.optimizer import _training_data
+
+ONE_D = SearchSpace.from_spec(
+    {
+        "strategies": [
+            {"name": "prune", "steps": [{"op": "prune", "sparsity": {"min": 0.0, "max": 1.0}}]}
+        ]
+    }
+)
+CONSTRAINED = Objective.from_spec(
+    {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.5}]}
+)
+THREE_D = SearchSpace.from_spec(
+    {
+        "strategies": [
+            {
+                "name": "prune+cluster",
+                "steps": [
+                    {"op": "prune", "sparsity": {"min": 0.5, "max": 0.99}},
+                    {"op": "cluster", "bits": {"min": 2, "max": 8, "type": "int"}},
+                    {"op": "quantize", "scale": {"min": 0.01, "max": 1.0, "log": True}},
+                ],
+            }
+        ]
+    }
+)
+TWO_STRATEGIES = SearchSpace.from_spec(
+    {
+        "strategies": [
+            {"name": "prune", "steps": [{"op": "prune", "sparsity": {"min": 0.0, "max": 1.0}}]},
+            {"name": "fp16", "steps": [{"op": "quantize", "dtype": "float16"}]},
+            {
+                "name": "mpd",
+                "steps": [{"op": "mpd", "blocks": {"min": 2, "max": 8, "type": "int"}}],
+            },
+        ]
+    }
+)
+
+
+def toy_metrics(space: SearchSpace, candidate: Candidate) -> dict[str, float]:
+    """A smooth toy: ratio grows with every encoded column, the drop grows faster."""
+    x = space.encode(candidate)
+    return {
+        "compression_ratio": 1.0 + float(x.sum()),
+        "accuracy_drop": float((x**3).mean()),
+        "accuracy": 1.0 - float((x**2).mean()),
+        "size_bytes": 1e6 / (1.0 + float(x.sum())),
+    }
+
+
+def run_history(space, n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    candidates = [
+        space.decode(x) for x in torch.rand(n, space.dim, generator=generator, dtype=torch.double)
+    ]
+    return [Observation(c, toy_metrics(space, c)) for c in candidates]
+
+
+def keys(proposals):
+    return [p.candidate.key() for p in proposals]
+
+
+def test_sobol_start_is_deterministic_and_skips_pending():
+    first = propose(THREE_D, CONSTRAINED, [], [], 3, seed=7)
+    assert [p.reason["method"] for p in first] == ["sobol"] * 3
+    assert keys(first) == keys(propose(THREE_D, CONSTRAINED, [], [], 3, seed=7))
+    assert keys(first) != keys(propose(THREE_D, CONSTRAINED, [], [], 3, seed=8))
+    # with the first point pending, the next two points of the same sequence come out
+    later = propose(THREE_D, CONSTRAINED, [], [first[0].candidate], 2, seed=7)
+    assert keys(later) == keys(first)[1:]
+    # a finished trial counts like a pending one
+    done = [Observation(first[0].candidate, toy_metrics(THREE_D, first[0].candidate))]
+    assert (
+        keys(propose(THREE_D, CONSTRAINED, done, [first[1].candidate], 1, seed=7))
+        == keys(first)[2:]
+    )
+
+
+def test_default_n_initial_follows_dimension():
+    assert [p.reason["method"] for p in propose(ONE_D, CONSTRAINED, [], [], 3, seed=0)] == [
+        "sobol"
+    ] * 3
+    history = run_history(ONE_D, 2)
+    assert propose(ONE_D, CONSTRAINED, history, [], 1, seed=0)[0].reason["method"] == "qLogNEI"
+    history = run_history(THREE_D, 3)
+    assert propose(THREE_D, CONSTRAINED, history, [], 1, seed=0)[0].reason["method"] == "sobol"
+
+
+def test_model_phase_is_deterministic_distinct_and_respects_pending():
+    history = run_history(THREE_D, 8)
+    rng_before = torch.get_rng_state()
+    proposals = propose(THREE_D, CONSTRAINED, history, [], 3, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert [p.reason["method"] for p in proposals] == ["qLogNEI"] * 3
+    assert len(set(keys(proposals))) == 3
+    assert keys(proposals) == keys(propose(THREE_D, CONSTRAINED, history, [], 3, seed=3))
+    reason = proposals[0].reason
+    assert reason["n_observations"] == 8 and math.isfinite(reason["acquisition_value"])
+    assert set(reason["predicted"]) == {"compression_ratio", "accuracy_drop"}
+    assert reason["predicted"]["compression_ratio"]["std"] >= 0
+    # the GP mean is in the metric's units (ratio between 1 and 4 on this toy)
+    assert 0.5 < reason["predicted"]["compression_ratio"]["mean"] < 4.5
+    for p in proposals:
+        assert 2 <= p.candidate.params["1.bits"] <= 8 and isinstance(
+            p.candidate.params["1.bits"], int
+        )
+    pending = [proposals[0].candidate]
+    again = propose(THREE_D, CONSTRAINED, history, pending, 1, seed=3)
+    assert again[0].candidate != pending[0]
+
+
+def test_failed_and_nan_observations_do_not_crash():
+    history = run_history(THREE_D, 6)
+    c = history[0].candidate
+    history += [
+        Observation(c, None),
+        Observation(history[1].candidate, {"compression_ratio": math.nan, "accuracy_drop": 0.1}),
+        Observation(history[2].candidate, {"compression_ratio": 2.0}),  # constraint metric missing
+        Observation(history[3].candidate, {"compression_ratio": 2.0, "accuracy_drop": math.inf}),
+    ]
+    proposals = propose(THREE_D, CONSTRAINED, history, [], 2, seed=0)
+    assert len(proposals) == 2
+    assert [p.reason["method"] for p in proposals] == ["qLogNEI"] * 2
+
+
+def test_failed_observations_are_kept_as_infeasible_points():
+    history = run_history(THREE_D, 4) + [
+        Observation(
+            Candidate("prune+cluster", {"0.sparsity": 0.6, "1.bits": 3, "2.scale": 0.1}), None
+        )
+    ]
+    X, Y, names = _training_data(THREE_D, CONSTRAINED, history)
+    assert X.shape == (5, 3) and names == ["compression_ratio", "accuracy_drop"]
+    assert Y[4, 0] == Y[:4, 0].min()  # the worst observed objective value
+    assert Y[4, 1] > max(0.5, float(Y[:4, 1].max()))  # beyond the constraint's bound
+
+
+@pytest.mark.parametrize(
+    ("history", "error"),
+    [
+        ([Observation(Candidate("prune", {"0.sparsity": 0.5}), None)] * 3, "need 2"),
+        (
+            [
+                Observation(
+                    Candidate("prune", {"0.sparsity": s}),
+                    {"compression_ratio": 2.0, "accuracy_drop": s},
+                )
+                for s in (0.1, 0.5, 0.9)
+            ],
+            "equal",
+        ),
+        (
+            [Observation(Candidate("gone", {}), {"compression_ratio": 1.0, "accuracy_drop": 0.0})]
+            * 3,
+            "gone",
+        ),
+    ],
+)
+def test_unusable_history_falls_back_to_sobol(history, error):
+    proposals = propose(ONE_D, CONSTRAINED, history, [], 2, seed=0)
+    assert [p.reason["method"] for p in proposals] == ["random-fallback"] * 2
+    assert error in proposals[0].reason["error"]
+    assert proposals[0].candidate != proposals[1].candidate
+    assert keys(proposals) == keys(propose(ONE_D, CONSTRAINED, history, [], 2, seed=0))
+
+
+def test_constrained_1d_toy_reaches_the_optimum_in_ten_evaluations():
+    # maximise s subject to s**3 <= 0.5: optimum at s = 0.5 ** (1/3) = 0.7937
+    optimum = 0.5 ** (1 / 3)
+    gaps = []
+    for seed in range(3):
+        history = []
+        for _ in range(10):
+            (proposal,) = propose(ONE_D, CONSTRAINED, history, [], 1, seed=seed)
+            s = proposal.candidate.params["0.sparsity"]
+            history.append(
+                Observation(proposal.candidate, {"compression_ratio": s, "accuracy_drop": s**3})
+            )
+        best = best_feasible(history, CONSTRAINED)
+        gaps.append(
+            math.inf if best is None else optimum - history[best].metrics["compression_ratio"]
+        )
+    assert statistics.median(gaps) < 0.03, gaps
+
+
+def test_pareto_objective_proposes_with_hypervolume():
+    objective = Objective.from_spec(
+        {
+            "pareto": [
+                {"metric": "accuracy", "goal": "max"},
+                {"metric": "size_bytes", "goal": "min"},
+            ],
+            "constraints": [{"metric": "accuracy_drop", "max": 0.4}],
+        }
+    )
+    history = run_history(THREE_D, 8) + [
+        Observation(run_history(THREE_D, 1, seed=9)[0].candidate, None)
+    ]
+    proposals = propose(THREE_D, objective, history, [history[0].candidate], 2, seed=1)
+    assert [p.reason["method"] for p in proposals] == ["qLogNEHVI"] * 2
+    assert set(proposals[0].reason["predicted"]) == {"accuracy", "size_bytes", "accuracy_drop"}
+    assert len(set(keys(proposals))) == 2
+
+
+def test_several_strategies_including_one_without_parameters():
+    objective = Objective.from_spec({"minimize": "size_bytes"})
+    history = run_history(TWO_STRATEGIES, 6)
+    assert {o.candidate.strategy for o in history} >= {"prune", "mpd"}
+    proposals = propose(TWO_STRATEGIES, objective, history, [], 2, seed=0)
+    assert [p.reason["method"] for p in proposals] == ["qLogNEI"] * 2
+    for p in proposals:
+        steps = TWO_STRATEGIES.materialize(p.candidate)  # a valid candidate of its strategy
+        assert steps[0]["op"] in ("prune", "quantize", "mpd")
+    assert len(set(keys(proposals))) == 2
+
+
+def test_space_without_free_parameters():
+    space = SearchSpace.from_spec(
+        {"strategies": [{"name": "fp16", "steps": [{"op": "quantize", "dtype": "float16"}]}]}
+    )
+    proposals = propose(space, Objective.from_spec({"maximize": "accuracy"}), [], [], 2, seed=0)
+    assert [p.candidate for p in proposals] == [Candidate("fp16", {})] * 2
+
+
+def test_propose_with_thirty_observations_is_fast():
+    history = run_history(THREE_D, 30)
+    propose(THREE_D, CONSTRAINED, history, [], 1, seed=0)  # warm caches
+    timings = []
+    for seed in (1, 2):
+        start = time.perf_counter()
+        propose(THREE_D, CONSTRAINED, history, [], 1, seed=seed)
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 3.0, timings
+
+
+def test_small_discrete_space_keeps_proposing_json_ready_reasons():
+    space = SearchSpace.from_spec(
+        {
+            "strategies": [
+                {
+                    "name": "mpd",
+                    "steps": [{"op": "mpd", "blocks": {"min": 2, "max": 4, "type": "int"}}],
+                }
+            ]
+        }
+    )
+    objective = Objective.from_spec({"maximize": "compression_ratio"})
+    history: list[Observation] = []
+    for _ in range(4):
+        proposals = propose(space, objective, history, [], 2, seed=0)
+        assert len(proposals) == 2
+        json.dumps([p.reason for p in proposals], allow_nan=False)
+        blocks = [p.candidate.params["0.blocks"] for p in proposals]
+        assert len(set(blocks)) == 2 and all(b in (2, 3, 4) for b in blocks)
+        history += [
+            Observation(p.candidate, {"compression_ratio": float(b)})
+            for p, b in zip(proposals, blocks, strict=True)
+        ]
