@@ -42,6 +42,7 @@ def finetune(
     device: str | torch.device = "cpu",
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str = "constant",
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> None:
@@ -60,6 +61,7 @@ def finetune(
         device=device,
         optimizer=optimizer,
         weight_decay=weight_decay,
+        schedule=schedule,
         after_step=cm.enforce,
         should_stop=should_stop,
         on_progress=on_progress,

@@ -62,6 +62,9 @@ def _batches(
             step += 1
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -73,11 +76,14 @@ def train(
     device: str | torch.device = "cpu",
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str = "constant",
     after_step: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> None:
     """Train ``model`` in place on ``dataset``'s train split for ``epochs`` (may be fractional).
+
+    ``schedule`` is ``"constant"`` or ``"cosine"`` (learning rate annealed to 0 over the run).
 
     The model is moved to ``device``; its train/eval mode is restored afterwards.
     Raises :class:`Cancelled` when ``should_stop()`` returns True, ValueError on bad arguments.
@@ -88,10 +94,17 @@ def train(
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     if not lr > 0:
         raise ValueError(f"lr: must be > 0, got {lr}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: unknown {schedule!r}; allowed: {', '.join(SCHEDULES)}")
     model.to(device)
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     n = len(dataset.y_train)
     total_steps = math.ceil(epochs * math.ceil(n / batch_size))
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+        if schedule == "cosine"
+        else None
+    )
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.train()
@@ -105,6 +118,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             if after_step is not None:
                 after_step()
             if on_progress is not None and (step + 1) % POLL_EVERY_BATCHES == 0:

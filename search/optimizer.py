@@ -85,6 +85,7 @@ class SearchSettings:
 
 
 DEFAULT_SETTINGS = SearchSettings()
+_SEED_MODULUS = 2**31
 
 
 class _NotEnoughData(ValueError):
@@ -112,12 +113,14 @@ def propose(
     (failed trials, NaN metrics, flat outputs): it falls back to Sobol points instead."""
     if n <= 0:
         return []
+    seed = seed % _SEED_MODULUS  # any int works; 0 <= seed < 2**31 is used as given
     history, pending = list(history), list(pending)
     n_seen = len(history) + len(pending)
     n_initial = default_n_initial(space.dim) if n_initial is None else n_initial
-    taken = {c.key() for c in pending}
+    taken = {c.key() for c in pending}  # never proposed again
+    explored = taken | {obs.candidate.key() for obs in history}  # avoided by Sobol points
     if n_seen < n_initial or space.dim == 0:
-        candidates = _sobol_candidates(space, seed, n_seen, taken)
+        candidates = _sobol_candidates(space, seed, n_seen, explored)
         return [Proposal(next(candidates), _reason("sobol", history)) for _ in range(n)]
     try:
         with (
@@ -128,11 +131,19 @@ def propose(
             warnings.simplefilter("ignore")
             torch.manual_seed(seed * 1000 + len(history))
             return _propose_with_model(
-                space, objective, history, pending, n, seed=seed, taken=taken, settings=settings
+                space,
+                objective,
+                history,
+                pending,
+                n,
+                seed=seed,
+                taken=taken,
+                explored=explored,
+                settings=settings,
             )
     except Exception as error:  # noqa: BLE001 - any failure means "explore instead"
         reason = _reason("random-fallback", history, error=f"{type(error).__name__}: {error}")
-        candidates = _sobol_candidates(space, seed, n_seen, taken)
+        candidates = _sobol_candidates(space, seed, n_seen, explored)
         return [Proposal(next(candidates), dict(reason)) for _ in range(n)]
 
 
@@ -381,8 +392,11 @@ def _propose_with_model(
     *,
     seed: int,
     taken: set[str],
+    explored: set[str],
     settings: SearchSettings,
 ) -> list[Proposal]:
+    """Fit, optimise ``n`` points sequentially, and describe them; a proposal that repeats a
+    pending or just proposed candidate (``taken``) is replaced by an unexplored Sobol point."""
     X, Y, names = _training_data(space, objective, history)
     model = _fit_model(X, Y)
     X_pending = torch.stack([space.encode(c) for c in pending]) if pending else None
@@ -401,7 +415,7 @@ def _propose_with_model(
     posterior = model.posterior(points)
     mean, std = posterior.mean.detach(), posterior.variance.detach().clamp_min(0).sqrt()
     n_seen = len(history) + len(pending)
-    fallback = _sobol_candidates(space, seed, n_seen + n, taken)
+    fallback = _sobol_candidates(space, seed, n_seen + n, explored)
     proposals = []
     for i in range(n):
         candidate = space.decode(points[i])
@@ -411,9 +425,12 @@ def _propose_with_model(
                 history,
                 error=f"{method} proposed a duplicate of a pending or just proposed candidate",
             )
-            proposals.append(Proposal(next(fallback), reason))
+            replacement = next(fallback)
+            taken.add(replacement.key())
+            proposals.append(Proposal(replacement, reason))
             continue
         taken.add(candidate.key())
+        explored.add(candidate.key())
         predicted = {
             name: {"mean": _json_number(mean[i, j]), "std": _json_number(std[i, j])}
             for j, name in enumerate(names)

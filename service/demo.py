@@ -9,6 +9,7 @@ reloads it without pickle, re-evaluates it, and ends with one line of JSON.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -46,7 +47,13 @@ def demo_job(model_id: int, trials: int, epochs: float, seed: int) -> dict[str, 
                 }
             ]
         },
-        "finetune": {"method": "masked", "epochs": epochs, "lr": 1e-3, "batch_size": 128},
+        "finetune": {
+            "method": "masked",
+            "epochs": epochs,
+            "lr": 1e-3,
+            "batch_size": 128,
+            "schedule": "cosine",
+        },
         "budget": {"max_trials": trials, "max_parallel": 1},
         "seed": seed,
     }
@@ -72,7 +79,7 @@ def baseline_weights(settings: Settings, console: Console, seed: int = 0) -> Pat
     dataset = load_dataset(DATASET)
     started = time.perf_counter()
     with console.status("training the LeNet-300-100 baseline on MNIST (once, then cached)"):
-        train(model, dataset, epochs=5, lr=1e-3, batch_size=128, seed=seed)
+        train(model, dataset, epochs=6, lr=2e-3, batch_size=128, seed=seed, schedule="cosine")
     accuracy = evaluate(model, dataset)["accuracy"]
     console.print(
         f"baseline: trained in {time.perf_counter() - started:.0f} s, accuracy {accuracy:.4f}"
@@ -164,7 +171,8 @@ def _pareto_table(front: dict[str, Any]) -> Table:
     for t in front["trials"]:
         m = t["metrics"]
         params = ", ".join(
-            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()
+            f"{k.split('.', 1)[-1]}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in t["params"].items()
         )
         table.add_row(
             str(t["number"]),
@@ -185,7 +193,9 @@ def run_demo(trials: int = 10, epochs: float = 2.0, seed: int = 0, port: int = 0
     from operators.metrics import evaluate
 
     started = time.perf_counter()
-    console = Console(stderr=True)
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console = Console(stderr=True, width=110)
     settings = get_settings()
     settings.ensure_dirs()
     weights = baseline_weights(settings, console, seed=seed)
@@ -209,7 +219,7 @@ def run_demo(trials: int = 10, epochs: float = 2.0, seed: int = 0, port: int = 0
             console.print(f"[red]no feasible result: state {job['state']}, {job.get('error')}")
             print(json.dumps({"job": job_id, "state": job["state"], "error": job.get("error")}))
             return 1
-        download = settings.home / "downloads" / f"job{job_id}-trial{best['id']}.safetensors"
+        download = settings.home / "downloads" / f"job{job_id}-trial{best['number']}.safetensors"
         download.parent.mkdir(parents=True, exist_ok=True)
         with client.stream("GET", f"/v1/trials/{best['id']}/checkpoint") as r:
             r.raise_for_status()

@@ -49,6 +49,11 @@ class Finetune(Strict):
     epochs: float = Field(1.0, ge=0, le=1000, description="Epochs of fine-tuning (may be fractional).")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate (Adam).")
     batch_size: int = Field(128, ge=1, le=65536)
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="sgd uses momentum 0.9.")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over the fine-tuning run."
+    )
 
 
 class Budget(Strict):
