@@ -4,6 +4,7 @@
     autocompress serve [--host --port]    # the HTTP API (embedded workers unless a broker is set)
     autocompress worker [--concurrency]   # a Celery worker (one process per GPU)
     autocompress db upgrade|current       # Alembic: the only way the schema changes
+    autocompress apikey create --name ci  # prints a token once; stored as an HMAC
     autocompress evaluate CKPT --dataset builtin:mnist
 """
 
@@ -67,6 +68,32 @@ def _db(args: argparse.Namespace) -> int:
     return 0 if current == head or args.action == "current" else 1
 
 
+def _apikey(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from service.auth import create_api_key
+    from service.db import ApiKey, db_now, prepare_database, session_scope
+
+    settings = get_settings()
+    prepare_database(settings.database_url, auto_upgrade=settings.is_sqlite)
+    with session_scope(settings.database_url) as session:
+        if args.action == "create":
+            key, token = create_api_key(session, args.name, settings.secret_key.get_secret_value())
+            print(json.dumps({"id": key.id, "name": key.name, "token": token}))
+            print("the token is shown only now; the server stores only its HMAC", file=sys.stderr)
+        elif args.action == "revoke":
+            key = session.get(ApiKey, args.id)
+            if key is None:
+                print(f"no API key {args.id}", file=sys.stderr)
+                return 1
+            key.revoked_at = db_now(session)
+        else:
+            for key in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+                print(json.dumps({"id": key.id, "name": key.name, "prefix": key.prefix,
+                                  "revoked": key.revoked_at is not None}))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -116,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database schema (Alembic)")
     p.add_argument("action", choices=["upgrade", "current"])
     p.set_defaults(func=_db)
+
+    p = sub.add_parser("apikey", help="create, list or revoke API keys")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("--name", default="default")
+    p.add_argument("--id", type=int, default=None, help="the key to revoke")
+    p.set_defaults(func=_apikey)
 
     p = sub.add_parser("demo", help="train LeNet-300-100 on MNIST and compress it, end to end")
     p.add_argument("--trials", type=int, default=10)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     trusted_uploads: bool = Field(
         False, description="Allow pickled (.pt) weight uploads. Never switch on for untrusted users."
+    )
+    require_api_key: bool = Field(
+        False, description="Require `Authorization: Bearer <key>` on /v1 (keys: autocompress apikey)."
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(""), description="HMAC key for stored API-key hashes; set it in production."
     )
     max_upload_bytes: int = Field(1 << 30, description="Largest accepted upload, in bytes.")
     host: str = "127.0.0.1"

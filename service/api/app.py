@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from service.api.deps import require_api_key
 from service.api.errors import install_error_handlers
 from service.api.routes import jobs, models, trials
 from service.db import prepare_database
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     for module in (models, jobs, trials):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

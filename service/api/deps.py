@@ -38,3 +38,24 @@ SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+def require_api_key(request: Request) -> None:
+    """When the server requires keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    from service.api.errors import ApiError
+    from service.auth import verify_token
+
+    settings: Settings = request.app.state.settings
+    if not settings.require_api_key:
+        return
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    token = token or request.headers.get("x-api-key", "")
+    if not token:
+        raise ApiError(401, "an API key is required: send Authorization: Bearer <key>")
+    session = session_factory(settings.database_url)()
+    try:
+        if verify_token(session, token, settings.secret_key.get_secret_value()) is None:
+            raise ApiError(401, "invalid or revoked API key")
+    finally:
+        session.close()

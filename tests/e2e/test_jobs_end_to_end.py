@@ -175,3 +175,33 @@ def test_worker_killed_mid_trial_loses_no_work(make_stack, pg_url, redis_url, tm
     retried = next(t for t in trials if t["id"] == victim["id"])
     assert retried["attempt"] == 2
     assert "lease expired" in (retried["error"] or "")
+
+
+def test_cancel_stops_a_running_job(make_stack, tmp_path) -> None:
+    from tests.conftest import train_small_model
+
+    weights = train_small_model(tmp_path / "lenet.safetensors", "lenet-300-100", {}, "builtin:mnist", 0)
+    stack = make_stack()
+    stack.serve()
+    spec = {
+        "model_id": 0,
+        "dataset": "builtin:mnist",
+        "objective": {"maximize": "compression_ratio"},
+        "search_space": {"strategies": [{"name": "p", "steps": [{"op": "prune", "sparsity": {"min": 0.5, "max": 0.9}}]}]},
+        "finetune": {"method": "masked", "epochs": 20},
+        "budget": {"max_trials": 5, "max_parallel": 1},
+    }
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        spec["model_id"] = register(client, weights, "lenet-300-100", {})
+        job_id = client.post("/v1/jobs", json=spec).json()["id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            trials = client.get(f"/v1/jobs/{job_id}/trials").json()
+            if trials and trials[0]["state"] == "running":
+                break
+            time.sleep(0.2)
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        job = wait_for(client, job_id, timeout=60, procs=stack.procs)
+        trials = client.get(f"/v1/jobs/{job_id}/trials").json()
+    assert job["state"] == "cancelled" and job["stop_reason"] == "cancelled by the user"
+    assert len(trials) == 1 and trials[0]["state"] == "cancelled"
