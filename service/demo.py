@@ -8,6 +8,7 @@ reloads it without pickle, re-evaluates it, and ends with one line of JSON.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import socket
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.api.schemas import EXAMPLE_JOB
 from service.settings import Settings, get_settings
 
 ARCHITECTURE = "lenet-300-100"
@@ -28,35 +30,12 @@ DATASET = "builtin:mnist"
 
 
 def demo_job(model_id: int, trials: int, epochs: float, seed: int) -> dict[str, Any]:
-    """The demo's job: prune (global magnitude) + float16, strength chosen by the optimiser."""
-    return {
-        "model_id": model_id,
-        "dataset": DATASET,
-        "objective": {
-            "maximize": "compression_ratio",
-            "constraints": [{"metric": "accuracy_drop", "max": 0.01}],
-        },
-        "search_space": {
-            "strategies": [
-                {
-                    "name": "prune+fp16",
-                    "steps": [
-                        {"op": "prune", "scope": "global", "sparsity": {"min": 0.8, "max": 0.985}},
-                        {"op": "quantize", "dtype": "float16"},
-                    ],
-                }
-            ]
-        },
-        "finetune": {
-            "method": "masked",
-            "epochs": epochs,
-            "lr": 1e-3,
-            "batch_size": 128,
-            "schedule": "cosine",
-        },
-        "budget": {"max_trials": trials, "max_parallel": 1},
-        "seed": seed,
-    }
+    """The demo's job (the API docs' example): prune (global magnitude) + float16 on MNIST,
+    maximise compression_ratio with accuracy_drop <= 0.01, strength chosen by the optimiser."""
+    job = copy.deepcopy(EXAMPLE_JOB)
+    job.update(model_id=model_id, seed=seed, budget={"max_trials": trials, "max_parallel": 1})
+    job["finetune"]["epochs"] = epochs
+    return job
 
 
 def baseline_weights(settings: Settings, console: Console, seed: int = 0) -> Path:

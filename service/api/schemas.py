@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TrialState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
+# The documented example is the demo's job (service/demo.py submits it with its own model id).
 EXAMPLE_JOB = {
     "model_id": 1,
     "dataset": "builtin:mnist",
@@ -26,13 +27,19 @@ EXAMPLE_JOB = {
             {
                 "name": "prune+fp16",
                 "steps": [
-                    {"op": "prune", "sparsity": {"min": 0.7, "max": 0.98}},
+                    {"op": "prune", "scope": "global", "sparsity": {"min": 0.8, "max": 0.985}},
                     {"op": "quantize", "dtype": "float16"},
                 ],
             }
         ]
     },
-    "finetune": {"method": "masked", "epochs": 2},
+    "finetune": {
+        "method": "masked",
+        "epochs": 2,
+        "lr": 1e-3,
+        "batch_size": 128,
+        "schedule": "cosine",
+    },
     "budget": {"max_trials": 10, "max_parallel": 1},
     "seed": 0,
 }
