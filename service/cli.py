@@ -6,6 +6,9 @@
     autocompress db upgrade|current       # Alembic: the only way the schema changes
     autocompress apikey create --name ci  # prints a token once; stored as an HMAC
     autocompress evaluate CKPT --dataset builtin:mnist
+    autocompress apply --architecture lenet-300-100 --weights w.safetensors \
+        --dataset builtin:mnist --strategy '[{"op": "mpd", "blocks": 10}]' \
+        --finetune '{"method": "masked", "epochs": 2}' --output packed.safetensors
 """
 
 from __future__ import annotations
@@ -120,6 +123,52 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(text: str, name: str):
+    """A JSON command-line value, or the JSON in a file given as ``@path``."""
+    try:
+        return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--{name}: not valid JSON ({exc})") from None
+
+
+def _apply(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from operators.checkpoint import load_weights, save_checkpoint, save_dense_checkpoint
+    from operators.datasets import load_dataset
+    from operators.finetune import finetune
+    from operators.metrics import evaluate
+    from operators.strategy import apply_strategy
+
+    config = _json_arg(args.config, "config")
+    steps = _json_arg(args.strategy, "strategy")
+    spec = dict(_json_arg(args.finetune, "finetune"))
+    device = torch.device(args.device)
+    model = load_weights(Path(args.weights), args.architecture, config)
+    dataset = load_dataset(args.dataset, get_settings().data_roots)
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_bytes = save_dense_checkpoint(
+            model, Path(tmp) / "dense.safetensors", architecture=args.architecture, config=config
+        )
+    baseline = {"accuracy": evaluate(model, dataset, device=device)["accuracy"],
+                "size_bytes": dense_bytes}  # fmt: skip
+    cm = apply_strategy(model.cpu(), steps, example_input=dataset.x_val[:1])
+    finetune(cm, dataset, method=spec.pop("method", "masked"), seed=args.seed, device=device, **spec)
+    cm.model.to("cpu")
+    size = save_checkpoint(
+        cm,
+        Path(args.output),
+        architecture=args.architecture,
+        config=config,
+        metadata={"strategy": steps, "baseline": baseline, "report": cm.report},
+    )
+    print(json.dumps({"output": args.output, "size_bytes": size, "baseline": baseline,
+                      "compression_ratio": dense_bytes / size}))  # fmt: skip
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -164,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="batch size of latency_ms")
     p.add_argument("--baseline-accuracy", type=float, default=None)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("apply", help="compress a model with a strategy and write its checkpoint")
+    p.add_argument("--architecture", required=True, help="a model zoo name, e.g. lenet-300-100")
+    p.add_argument("--config", default="{}", help="JSON keyword arguments of the architecture")
+    p.add_argument("--weights", required=True, help="a safetensors state_dict")
+    p.add_argument("--dataset", required=True, help="e.g. builtin:mnist")
+    p.add_argument("--strategy", required=True, help="JSON list of steps, or @file.json")
+    p.add_argument("--finetune", default='{"method": "none"}', help="JSON fine-tune settings")
+    p.add_argument("--output", required=True, help="path of the packed checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_apply)
     return parser
 
 

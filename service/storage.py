@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,15 +75,3 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-async def stream_to_file(chunks: AsyncIterator[bytes], path: Path, limit: int) -> int:
-    """Write an async byte stream to `path`, refusing more than `limit` bytes."""
-    written = 0
-    with open(path, "wb") as fh:
-        async for chunk in chunks:
-            written += len(chunk)
-            if written > limit:
-                raise UploadTooLarge(f"upload is larger than the limit of {limit} bytes")
-            fh.write(chunk)
-    return written

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from search import Candidate, Objective, Observation, SearchSpace, propose
+from service.datasets import resolve_reference
 from service.db import (
     ACTIVE_TRIAL_STATES,
     TERMINAL_JOB_STATES,
@@ -167,11 +168,12 @@ def _ensure_baseline(settings: Settings, session: Session, job: Job) -> bool:
         return False
     try:
         source = _model_source(session, store, job.model_id)
+        dataset_ref, data_roots = resolve_reference(job.spec["dataset"], settings, session)
         with store.writing("baselines") as (tmp, relative):
             baseline = compute_baseline(
                 source,
-                job.spec["dataset"],
-                list(settings.data_roots),
+                dataset_ref,
+                data_roots,
                 tmp,
                 latency_batch_size=job.spec.get("latency_batch_size", settings.latency_batch_size),
             )
@@ -250,8 +252,14 @@ def _claim(settings: Settings, trial_id: int, attempt: int) -> dict[str, Any] | 
         trial = session.get(Trial, trial_id)
         job = session.get(Job, trial.job_id)
         store = ArtifactStore(settings.artifact_root)
+        try:
+            dataset_ref, data_roots = resolve_reference(job.spec["dataset"], settings, session)
+        except ValueError:  # e.g. an uploaded dataset deleted since: the trial fails, saying why
+            dataset_ref, data_roots = job.spec["dataset"], []
         return {
             "job_id": job.id,
+            "dataset_ref": dataset_ref,
+            "data_roots": data_roots,
             "cancel_requested": job.cancel_requested,
             "source": _model_source(session, store, job.model_id),
             "spec": job.spec,
@@ -302,8 +310,8 @@ def evaluate_trial(settings: Settings, dispatcher: Dispatcher, trial_id: int, at
         with store.writing("checkpoints") as (tmp, relative):
             metrics = run_trial(
                 source=claim["source"],
-                dataset_ref=spec["dataset"],
-                data_roots=list(settings.data_roots),
+                dataset_ref=claim["dataset_ref"],
+                data_roots=claim["data_roots"],
                 steps=claim["steps"],
                 finetune_spec=spec["finetune"],
                 seed=claim["seed"],

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 
 from service.api.deps import require_api_key
 from service.api.errors import install_error_handlers
-from service.api.routes import jobs, models, trials
+from service.api.routes import datasets, jobs, models, trials
 from service.db import prepare_database
 from service.settings import Settings, get_settings
 from service.storage import ArtifactStore
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (models, jobs, trials):
+    for module in (models, datasets, jobs, trials):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", tags=["meta"])

@@ -19,6 +19,7 @@ from search.objective import ObjectiveError
 from search.space import SearchSpaceError
 from service.api.errors import Invalid
 from service.api.schemas import JobCreate
+from service.datasets import resolve_reference
 from service.db import ModelRecord
 from service.settings import Settings
 
@@ -64,7 +65,7 @@ def validate_job(body: JobCreate, session: Session, settings: Settings) -> None:
     if session.get(ModelRecord, body.model_id) is None:
         raise Invalid("body.model_id", f"model {body.model_id} is not registered (POST /v1/models)")
     try:
-        check_reference(body.dataset, settings.data_roots)
+        check_reference(*resolve_reference(body.dataset, settings, session))
     except DatasetError as exc:
         raise Invalid("body.dataset", str(exc)) from exc
     try:

@@ -113,7 +113,7 @@ def test_job_validation_names_each_field(client: TestClient) -> None:
 def test_dataset_path_outside_the_data_roots_is_refused(client: TestClient, tmp_path: Path) -> None:
     model_id = register(client).json()["id"]
     (tmp_path / "secret.npz").write_bytes(b"x")
-    for ref in ("npz:../secret.npz", f"npz:{tmp_path / 'secret.npz'}", "idx:/etc"):
+    for ref in ("npz:../secret.npz", f"npz:{tmp_path / 'secret.npz'}", "idx:/etc", "upload:99"):
         reply = client.post("/v1/jobs", json=job(model_id, dataset=ref))
         assert fields(reply) == ["body.dataset"], ref
 

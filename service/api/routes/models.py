@@ -15,6 +15,7 @@ from operators.zoo import build_model
 from service.api.deps import SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError, Invalid, NotFound
 from service.api.schemas import ModelPublic
+from service.api.uploads import copy_upload
 from service.db import Artifact, ModelRecord
 from service.storage import UploadTooLarge
 
@@ -32,16 +33,6 @@ def _public(record: ModelRecord, artifact: Artifact) -> ModelPublic:
         size_bytes=artifact.size_bytes,
         created_at=record.created_at,
     )
-
-
-async def _copy_upload(upload: UploadFile, path: Path, limit: int) -> None:
-    written = 0
-    with open(path, "wb") as fh:
-        while chunk := await upload.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                raise UploadTooLarge(f"the weights file is larger than {limit} bytes")
-            fh.write(chunk)
 
 
 def _read_weights(path: Path, filename: str, trusted: bool) -> dict[str, torch.Tensor]:
@@ -87,7 +78,7 @@ async def register_model(
         raise Invalid(field, str(exc)) from exc
     with store.writing("weights") as (tmp, relative):
         try:
-            await _copy_upload(weights, tmp, settings.max_upload_bytes)
+            await copy_upload(weights, tmp, settings.max_upload_bytes)
         except UploadTooLarge as exc:
             raise ApiError(413, str(exc), "weights") from exc
         state = _read_weights(tmp, weights.filename or "", settings.trusted_uploads)
