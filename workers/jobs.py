@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from search import Candidate, Objective, Observation, SearchSpace, propose
+from search.stopping import stop_reason
 from service.datasets import resolve_reference
 from service.db import (
     ACTIVE_TRIAL_STATES,
@@ -72,18 +73,24 @@ def _finish_job(job: Job, now: datetime, trials: list[Trial], stop_reason: str) 
     job.finished_at = now
 
 
-def _stop_reason(job: Job, trials: list[Trial], now: datetime) -> str | None:
-    """Why the job must propose nothing more, or None while it may go on."""
-    budget = job.spec["budget"]
+def _stop_reason(
+    job: Job, trials: list[Trial], observations: list[Observation], now: datetime
+) -> str | None:
+    """Why the job must propose nothing more (cancel, trials, time, patience), or None."""
     if job.cancel_requested:
         return "cancelled by the user"
-    if len(trials) >= budget["max_trials"]:
-        return f"trial budget spent ({budget['max_trials']} trials)"
-    max_minutes = budget.get("max_minutes")
+    budget = job.spec["budget"]
     started = as_utc(job.started_at)
-    if max_minutes and started and now - started >= timedelta(minutes=max_minutes):
-        return f"time budget spent ({max_minutes} minutes)"
-    return None
+    return stop_reason(
+        observations,
+        Objective.from_spec(job.spec["objective"]),
+        max_trials=budget["max_trials"],
+        n_trials=len(trials),
+        elapsed_s=(now - started).total_seconds() if started else None,
+        max_minutes=budget.get("max_minutes"),
+        patience=budget.get("patience"),
+        min_improvement=budget.get("min_improvement", 0.0),
+    )
 
 
 def _history(trials: list[Trial]) -> tuple[list[Observation], list[Candidate]]:
@@ -120,7 +127,8 @@ def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None
                     if t.state == "queued":
                         t.state, t.finished_at = "cancelled", now
             active = [t for t in trials if t.state in ACTIVE_TRIAL_STATES]
-            reason = _stop_reason(job, trials, now)
+            observations, pending = _history(trials)
+            reason = _stop_reason(job, trials, observations, now)
             if reason is not None:
                 if not active:
                     _finish_job(job, now, trials, reason)
@@ -131,7 +139,6 @@ def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None
                 return
             space = SearchSpace.from_spec(job.spec["search_space"])
             objective = Objective.from_spec(job.spec["objective"])
-            observations, pending = _history(trials)
             try:
                 proposals = propose(space, objective, observations, pending, free, seed=job.seed)
             except Exception as exc:  # the optimiser is meant never to raise; if it does, say so

@@ -71,6 +71,12 @@ class Budget(Strict):
     max_minutes: float | None = Field(
         None, gt=0, description="No new trials are proposed after this many minutes."
     )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many finished trials without improvement."
+    )
+    min_improvement: float = Field(
+        0.0, ge=0, description="Relative gain of the best value (or hypervolume) that counts."
+    )
 
 
 class JobCreate(Strict):

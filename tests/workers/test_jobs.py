@@ -133,3 +133,25 @@ def test_cancel_stops_queued_trials_and_finishes_job(setup) -> None:  # noqa: AN
     assert [t.state for t in trials_of(settings, job_id)] == ["cancelled", "cancelled"]
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job_id).state == "cancelled"
+
+
+def test_patience_stops_a_job_that_no_longer_improves(setup) -> None:  # noqa: ANN001
+    settings, job_id = setup
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        job.spec = {**job.spec, "budget": {"max_trials": 10, "max_parallel": 1, "patience": 2}}
+        job.baseline, job.state = {"accuracy": 0.9, "size_bytes": 1000}, "running"
+        for number, ratio in enumerate([3.0, 2.0, 2.5]):  # best at trial 0, then two worse
+            session.add(
+                Trial(
+                    job_id=job_id, number=number, state="succeeded", strategy="p",
+                    params={"0.sparsity": 0.2 + 0.1 * number}, steps=[], attempt=1, progress=1.0,
+                    metrics={"compression_ratio": ratio, "accuracy_drop": 0.0},
+                )
+            )
+    d = RecordingDispatcher()
+    jobs.advance_job(settings, d, job_id)
+    assert d.evaluations == []
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job.state == "succeeded" and "no improvement" in job.stop_reason

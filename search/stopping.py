@@ -1,0 +1,117 @@
+"""Stopping rules: why a job must propose nothing more, as one pure function.
+
+A job stops when its trial budget is spent, its time budget is spent, or (when it sets a
+``patience``) when the last ``patience`` finished trials brought no improvement:
+
+* single objective: the best feasible objective value did not improve by more than
+  ``min_improvement`` times its magnitude (``0`` means any strict improvement counts);
+* Pareto objective: the hypervolume of the feasible front (reference point inferred from
+  every feasible trial, so all prefixes are measured alike) did not grow by more than
+  ``min_improvement`` times itself.
+
+The answer is a sentence for ``job.stop_reason``, or ``None`` while the job may go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .objective import Objective
+from .pareto import hypervolume, infer_reference
+
+if TYPE_CHECKING:
+    from .optimizer import Observation
+
+__all__ = ["progress_curve", "stop_reason"]
+
+
+def stop_reason(
+    history: Sequence[Observation],
+    objective: Objective,
+    *,
+    max_trials: int,
+    n_trials: int | None = None,
+    elapsed_s: float | None = None,
+    max_minutes: float | None = None,
+    patience: int | None = None,
+    min_improvement: float = 0.0,
+) -> str | None:
+    """Why the job must stop, or None while it may go on.
+
+    Args:
+        history: the finished trials in trial order (``metrics=None`` for a failed one).
+        objective: the job's objective (feasibility and what "better" means).
+        max_trials: the trial budget; counted against ``n_trials``.
+        n_trials: trials created so far, queued and running ones included (default:
+            ``len(history)``).
+        elapsed_s: seconds since the job started (None: not started, no time rule).
+        max_minutes: the time budget (None or 0: none).
+        patience: stop after this many finished trials without improvement (None: never).
+        min_improvement: the relative gain that counts as an improvement (>= 0).
+    """
+    n_trials = len(history) if n_trials is None else n_trials
+    if n_trials >= max_trials:
+        return f"trial budget spent ({max_trials} trials)"
+    if max_minutes and elapsed_s is not None and elapsed_s >= 60.0 * max_minutes:
+        return f"time budget spent ({max_minutes:g} minutes)"
+    if patience is None or patience <= 0 or len(history) < patience:
+        return None
+    curve = progress_curve(history, objective)
+    last = _last_improvement(curve, min_improvement)
+    stale = len(history) - 1 - last if last is not None else len(history)
+    if stale < patience:
+        return None
+    if last is None:
+        return f"no feasible trial in the first {len(history)} finished trials"
+    what = "hypervolume" if objective.kind == "pareto" else objective.metric_names[0]
+    return (
+        f"no improvement in the last {stale} finished trials (patience {patience}; "
+        f"best {what} {curve[last]:.6g} since trial {last})"
+    )
+
+
+def progress_curve(history: Sequence[Observation], objective: Objective) -> list[float]:
+    """After each finished trial, the best feasible objective value so far (single) or the
+    feasible front's hypervolume (Pareto); NaN until a trial is feasible."""
+    feasible = [objective.is_feasible(obs.metrics) for obs in history]
+    if objective.kind == "pareto":
+        points = [obs.metrics for obs, ok in zip(history, feasible, strict=True) if ok]
+        reference = infer_reference(points, objective.metrics)
+        curve, front = [], []
+        for obs, ok in zip(history, feasible, strict=True):
+            if ok:
+                front.append(obs.metrics)
+            curve.append(
+                hypervolume(front, objective.metrics, reference)
+                if front and reference
+                else math.nan
+            )
+        return curve
+    name, goal = objective.metrics[0]
+    sign = 1.0 if goal == "max" else -1.0
+    curve, best = [], math.nan
+    for obs, ok in zip(history, feasible, strict=True):
+        if ok:
+            value = float(obs.metrics[name])
+            best = value if math.isnan(best) or sign * value > sign * best else best
+        curve.append(best)
+    return curve
+
+
+def _last_improvement(curve: Sequence[float], min_improvement: float) -> int | None:
+    """Index of the last trial that moved the curve by more than ``min_improvement`` of its
+    value at the previous counted improvement (the first finite value counts); None if the
+    curve stays NaN. The curve only moves in the good direction (a running best or a growing
+    hypervolume), so small gains add up until they count.
+    """
+    last, reference = None, math.nan
+    for i, value in enumerate(curve):
+        if math.isnan(value):
+            continue
+        if math.isnan(reference) or (
+            value != reference and abs(value - reference) > min_improvement * abs(reference)
+        ):
+            last, reference = i, value
+    return last
