@@ -23,10 +23,21 @@ save the packed checkpoint, measure. In a notebook::
     packed, manifest = load_checkpoint(Path("packed.safetensors"))
     print(evaluate(packed, data), dense_bytes / size)
 
+Or with op objects (Condensa-like: ops project, the checkpoint packs, the report tells)::
+
+    from operators import MPD, Compose, Prune, Quantize
+    cm = Compose([MPD(blocks=10), Quantize(dtype="float16")]).apply(model)
+    finetune(cm, data, method="masked", epochs=2)
+    fast = cm.packed()          # runnable, packed where that was measured faster
+    print(cm.report)
+
 Modules: :mod:`~operators.zoo` (architectures), :mod:`~operators.datasets` (dataset
 references), :mod:`~operators.training` (the training loop), :mod:`~operators.strategy`
-(ops and strategies), :mod:`~operators.finetune`, :mod:`~operators.checkpoint` (the packed
-file format), :mod:`~operators.metrics` (the job-spec metrics).
+(ops and strategies), :mod:`~operators.pruning` (block and N:M), :mod:`~operators.mpd`
+(MPDCompress), :mod:`~operators.structured` (neuron and filter removal),
+:mod:`~operators.finetune`, :mod:`~operators.packed` (packed module kinds),
+:mod:`~operators.runtime` (packed or dense, measured), :mod:`~operators.checkpoint` (the
+packed file format), :mod:`~operators.metrics` (the job-spec metrics).
 """
 
 from operators.checkpoint import (
@@ -39,19 +50,39 @@ from operators.checkpoint import (
 from operators.datasets import Dataset, DatasetError, check_reference, load_dataset
 from operators.finetune import FINETUNE_METHODS, finetune
 from operators.metrics import compute_metrics, count_macs, count_params, evaluate, measure_latency
-from operators.strategy import OPS, CompressedModel, Op, apply_strategy, validate_steps
+from operators.mpd import MPD
+from operators.pruning import BlockPrune, NMPrune
+from operators.strategy import (
+    OPS,
+    Compose,
+    CompressedModel,
+    Op,
+    Prune,
+    Quantize,
+    apply_strategy,
+    validate_steps,
+)
+from operators.structured import FilterPrune, NeuronPrune
 from operators.training import Cancelled, train
 from operators.zoo import ARCHITECTURES, build_model
 
 __all__ = [
     "ARCHITECTURES",
     "FINETUNE_METHODS",
+    "MPD",
     "OPS",
+    "BlockPrune",
     "Cancelled",
+    "Compose",
     "CompressedModel",
     "Dataset",
     "DatasetError",
+    "FilterPrune",
+    "NMPrune",
+    "NeuronPrune",
     "Op",
+    "Prune",
+    "Quantize",
     "apply_strategy",
     "build_model",
     "check_reference",

@@ -2,13 +2,24 @@
 
 The file's string metadata holds, under the key ``"autocompress"``, a compact JSON manifest::
 
-    {"format": "autocompress-packed", "version": 1,
-     "architecture": "lenet-300-100", "config": {...},
+    {"format": "autocompress-packed", "version": 2,
+     "architecture": "lenet-300-100", "config": {...}, "input_shape": [1, 28, 28],
+     "modules": {"fc2": {"kind": "mpd_linear", "args": {"in_features": 300, ...}}, ...},
      "tensors": {"fc1.weight": {"encoding": "index", "shape": [300, 784],
                                 "dtype": "float16", "nnz": 11760}, ...},
      "metadata": {...}}
 
-Each state-dict entry (parameter or buffer) is stored with one encoding, the smallest for it:
+``modules`` lists every module that differs from the base architecture, as a kind of
+:data:`operators.packed.MODULE_KINDS` and its constructor arguments: layers that structural
+pruning made smaller (``linear``, ``conv2d``, ``batchnorm2d`` with other shapes) and packed
+runtime modules (``mpd_linear``, ...). The loader builds the base architecture with
+:func:`operators.zoo.build_model`, replaces those modules, checks every tensor's shape against
+the result, fills the weights, and then lets :func:`operators.runtime.select_runtime` choose
+per layer the faster of the packed and dense forms on the device (``runtime="auto"``).
+``input_shape`` (per sample, when known) gives that measurement the layers' real shapes.
+
+Each state-dict entry (parameter or buffer) of the packed model is stored with one encoding,
+the smallest for it:
 
 ``dense``    the tensor itself, under its own name, in its storage dtype.
 ``bitmask``  ``<name>.mask``: ``np.packbits`` of the flattened nonzero pattern (uint8, big bit
@@ -16,6 +27,10 @@ Each state-dict entry (parameter or buffer) is stored with one encoding, the sma
 ``index``    ``<name>.index``: the nonzero positions as uint8 gaps with escape, and
              ``<name>.values``. Gap ``g_i = pos_i - pos_{i-1} - 1`` (``pos_{-1} = -1``) is
              written as ``g_i // 255`` bytes of 255 followed by one byte ``g_i % 255``.
+``block``    only for weights an op pruned in blocks (entry ``"block": [rows, cols]``; the
+             weight viewed 2-D ``(out, rest)``, zero-padded to whole blocks):
+             ``<name>.blockmask``: packbits of the kept blocks (row-major), and
+             ``<name>.values``: the kept blocks' ``rows * cols`` values each, in that order.
 
 "Nonzero" is bitwise (``-0.0`` is kept as a value), so a round trip is bit-exact. Storage
 dtype is float32 unless an op chose another one (``quantize``); buffers are always dense in
@@ -25,6 +40,7 @@ fills the weights; anything inconsistent in the file is a ValueError.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -39,13 +55,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from operators.packed import MODULE_KINDS, PackedModule, build_module, describe, pack_module
+from operators.pruning import block_view
+from operators.runtime import select_runtime
 from operators.strategy import CompressedModel
 from operators.zoo import build_model
 
 MANIFEST_KEY = "autocompress"
 FORMAT = "autocompress-packed"
-VERSION = 1
-ENCODINGS = ("dense", "bitmask", "index")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ENCODINGS = ("dense", "bitmask", "index", "block")
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
     for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
@@ -87,7 +107,7 @@ def _nonzero_bits(flat: torch.Tensor) -> torch.Tensor:
 
 
 def candidate_encodings(
-    name: str, tensor: torch.Tensor, storage: torch.dtype
+    name: str, tensor: torch.Tensor, storage: torch.dtype, block: tuple[int, int] | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Every encoding of ``tensor`` (already projected, CPU) as the tensors it would store."""
     values = tensor.to(storage).contiguous()
@@ -96,7 +116,7 @@ def candidate_encodings(
     packed_values = values.flatten()[nonzero]
     mask_bytes = np.packbits(nonzero.numpy())
     positions = np.flatnonzero(nonzero.numpy())
-    return {
+    candidates = {
         "dense": {name: values},
         "bitmask": {f"{name}.mask": torch.from_numpy(mask_bytes), f"{name}.values": packed_values},
         "index": {
@@ -104,6 +124,15 @@ def candidate_encodings(
             f"{name}.values": packed_values,
         },
     }
+    if block is not None and tensor.dim() >= 2:
+        blocks = block_view(values, block)
+        kept = _nonzero_bits(block_view(tensor, block).reshape(-1)).view(blocks.shape)
+        kept = kept.flatten(2).any(-1)
+        candidates["block"] = {
+            f"{name}.blockmask": torch.from_numpy(np.packbits(kept.flatten().numpy())),
+            f"{name}.values": blocks[kept].flatten().contiguous(),
+        }
+    return candidates
 
 
 def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -112,12 +141,16 @@ def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def _encode(
-    name: str, tensor: torch.Tensor, storage: torch.dtype, allow_sparse: bool
+    name: str,
+    tensor: torch.Tensor,
+    storage: torch.dtype,
+    allow_sparse: bool,
+    block: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(manifest entry, tensors to store) for one state-dict entry, smallest encoding first."""
     tensor = tensor.detach().cpu()
     if allow_sparse and tensor.is_floating_point() and tensor.numel():
-        candidates = candidate_encodings(name, tensor, storage)
+        candidates = candidate_encodings(name, tensor, storage, block)
         encoding = min(candidates, key=lambda e: stored_bytes(candidates[e]))
         stored = candidates[encoding]
     else:
@@ -128,6 +161,8 @@ def _encode(
         "dtype": _dtype_name(storage),
         "nnz": int(_nonzero_bits(tensor.flatten()).sum()),
     }
+    if encoding == "block":
+        entry["block"] = list(block)
     return entry, stored
 
 
@@ -137,22 +172,75 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES[dtype]
 
 
+def build_packed(architecture: str, config: dict, modules: dict[str, dict]) -> nn.Module:
+    """The base architecture with the recorded ``modules`` replaced (``{"kind", "args"}``)."""
+    model = build_model(architecture, config)
+    for name in sorted(modules, key=lambda n: n.count(".")):
+        record = modules[name]
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"module {name!r} is not in {architecture}") from None
+        model.set_submodule(name, build_module(record["kind"], record["args"]))
+    return model
+
+
+def module_changes(model: nn.Module, architecture: str, config: dict) -> dict[str, dict]:
+    """``{"kind", "args"}`` of every module of ``model`` that differs from the architecture."""
+    with torch.device("meta"):
+        base = dict(build_model(architecture, config).named_modules())
+    changes = {}
+    for name, module in model.named_modules():
+        record = describe(module)
+        if record is None or name not in base:
+            continue
+        if isinstance(module, PackedModule) or record != describe(base[name]):
+            changes[name] = record
+    return changes
+
+
 def _mismatched_tensors(
-    architecture: str, config: dict, shapes: dict[str, Sequence[int]]
+    architecture: str,
+    config: dict,
+    shapes: dict[str, Sequence[int]],
+    modules: dict[str, dict] | None = None,
 ) -> list[str]:
-    """State-dict names whose presence or shape differ between ``shapes`` and the architecture.
+    """State-dict names whose presence or shape differ between ``shapes`` and the architecture
+    (with ``modules`` replaced).
 
     The model is built on the meta device: nothing is allocated or initialised.
     """
     with torch.device("meta"):
-        expected = {
-            k: tuple(v.shape) for k, v in build_model(architecture, config).state_dict().items()
-        }
+        model = build_packed(architecture, config, modules or {})
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return sorted(
         name
         for name in expected.keys() | shapes.keys()
         if name not in expected or name not in shapes or tuple(shapes[name]) != expected[name]
     )
+
+
+def pack_model(cm: CompressedModel) -> nn.Module:
+    """A CPU copy of ``cm.model`` projected onto its compression, with every module that has
+    a packing decision replaced by its packed runtime module (what the checkpoint stores)."""
+    model = copy.deepcopy(cm.model).cpu()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(cm.project(name, param))
+    for name, spec in cm.packing.items():
+        model.set_submodule(name, pack_module(model.get_submodule(name), spec))
+    return model
+
+
+def _source_names(model: nn.Module) -> dict[str, str]:
+    """Packed parameter name -> the dense parameter it came from (e.g. fc1.blocks -> fc1.weight)."""
+    sources = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, PackedModule):
+            prefix = f"{module_name}." if module_name else ""
+            for packed, dense in module.SOURCES.items():
+                sources[prefix + packed] = prefix + dense
+    return sources
 
 
 def _write(
@@ -163,27 +251,35 @@ def _write(
     metadata: dict | None,
     allow_sparse: bool,
 ) -> int:
-    state = cm.model.state_dict()
-    mismatch = _mismatched_tensors(architecture, config, {k: v.shape for k, v in state.items()})
+    model = pack_model(cm)
+    modules = module_changes(model, architecture, config)
+    state = model.state_dict()
+    resized = {n for n, r in modules.items() if not isinstance(model.get_submodule(n), PackedModule)}
+    mismatch = sorted(resized) if resized and not cm.structural else _mismatched_tensors(
+        architecture, config, {k: v.shape for k, v in state.items()}, modules
+    )
     if mismatch:
         raise ValueError(
             f"model does not match {architecture} with config {config}: "
             f"differs in {', '.join(mismatch)}"
         )
-    params = dict(cm.model.named_parameters())
+    params = dict(model.named_parameters())
+    sources = _source_names(model)
     entries, tensors = {}, {}
     for name, tensor in state.items():
-        if name in params:
-            tensor, storage = cm.project(name, tensor), cm.storage_dtype(name)
-        else:
-            storage = tensor.dtype
-        entries[name], stored = _encode(name, tensor, storage, allow_sparse and name in params)
+        source = sources.get(name, name)
+        storage = cm.storage_dtype(source) if name in params else tensor.dtype
+        entries[name], stored = _encode(
+            name, tensor, storage, allow_sparse and name in params, cm.blocks.get(source)
+        )
         tensors.update(stored)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "architecture": architecture,
         "config": config,
+        "input_shape": cm.input_shape,
+        "modules": modules,
         "tensors": entries,
         "metadata": metadata or {},
     }
@@ -241,7 +337,7 @@ def _invalid(path: Path, why: str) -> ValueError:
 def _check_manifest(manifest: Any, path: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _invalid(path, f"manifest 'format' must be {FORMAT!r}")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise _invalid(
             path, f"unsupported version {manifest.get('version')!r}; this reads {VERSION}"
         )
@@ -251,6 +347,17 @@ def _check_manifest(manifest: Any, path: Path) -> dict:
         raise _invalid(path, "manifest 'config' must be an object")
     if not isinstance(manifest.get("metadata", {}), dict):
         raise _invalid(path, "manifest 'metadata' must be an object")
+    modules = manifest.setdefault("modules", {})
+    if not isinstance(modules, dict) or not all(
+        isinstance(r, dict) and r.get("kind") in MODULE_KINDS and isinstance(r.get("args"), dict)
+        for r in modules.values()
+    ):
+        raise _invalid(path, "manifest 'modules' must map names to a known kind and its args")
+    shape = manifest.setdefault("input_shape", None)
+    if shape is not None and not (
+        isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)
+    ):
+        raise _invalid(path, "manifest 'input_shape' must be a list of positive integers")
     tensors = manifest.get("tensors")
     if not isinstance(tensors, dict):
         raise _invalid(path, "manifest 'tensors' must be an object")
@@ -305,6 +412,8 @@ def _decode(name: str, entry: dict, f: Any, path: Path) -> torch.Tensor:
             raise _invalid(path, f"tensor {key!r} is {t.dtype}, expected {expected_dtype}")
         return t
 
+    if entry["encoding"] == "block":
+        return _decode_blocks(name, entry, get, path)
     if entry["encoding"] == "dense":
         tensor = get(name, dtype)
         if list(tensor.shape) != shape:
@@ -330,23 +439,59 @@ def _decode(name: str, entry: dict, f: Any, path: Path) -> torch.Tensor:
     return flat.view(shape)
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the runnable model (float32 weights, eval mode, on ``device``) and its manifest."""
+def _decode_blocks(name: str, entry: dict, get: Any, path: Path) -> torch.Tensor:
+    """Rebuild a ``block``-encoded weight (see the module docstring)."""
+    dtype, shape = DTYPES[entry["dtype"]], entry["shape"]
+    block = entry.get("block")
+    if not (
+        isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)
+    ) or len(shape) < 2:
+        raise _invalid(path, f"{name}: bad block entry")
+    out = torch.zeros(shape, dtype=dtype)
+    blocks = block_view(out, tuple(block)).contiguous()
+    grid = blocks.shape[0] * blocks.shape[1]
+    packed = get(f"{name}.blockmask", torch.uint8).numpy()
+    if packed.size != (grid + 7) // 8:
+        raise _invalid(path, f"{name}.blockmask has {packed.size} bytes for {grid} blocks")
+    kept = torch.from_numpy(np.unpackbits(packed, count=grid).astype(bool)).view(blocks.shape[:2])
+    values = get(f"{name}.values", dtype)
+    if values.numel() != int(kept.sum()) * block[0] * block[1]:
+        raise _invalid(path, f"{name}: block mask and values disagree")
+    blocks[kept] = values.view(-1, block[0], block[1])
+    rows, cols = blocks.shape[0] * block[0], blocks.shape[1] * block[1]
+    flat = blocks.permute(0, 2, 1, 3).reshape(rows, cols)[: shape[0], : math.prod(shape[1:])]
+    out.copy_(flat.reshape(shape))
+    if int(_nonzero_bits(out.flatten()).sum()) != entry["nnz"]:
+        raise _invalid(path, f"{name}: positions, values and nnz disagree")
+    return out
+
+
+def load_checkpoint(
+    path: Path, device: str | torch.device = "cpu", *, runtime: str = "auto"
+) -> tuple[nn.Module, dict]:
+    """Rebuild the runnable model (float32 weights, eval mode, on ``device``) and its manifest.
+
+    ``runtime``: ``"auto"`` keeps, per compressed layer, whichever of its packed and dense
+    forms was measured faster on ``device``; ``"packed"`` keeps every packed form;
+    ``"dense"`` gives plain layers only (the model the compression was trained as).
+    """
     path = Path(path)
     manifest = read_manifest(path)
     entries = manifest["tensors"]
+    architecture, config, modules = manifest["architecture"], manifest["config"], manifest["modules"]
     try:
         shapes = {name: entry["shape"] for name, entry in entries.items()}
-        mismatch = _mismatched_tensors(manifest["architecture"], manifest["config"], shapes)
+        mismatch = _mismatched_tensors(architecture, config, shapes, modules)
     except (ValueError, TypeError) as exc:
         raise _invalid(path, f"cannot build the model: {exc}") from None
     if mismatch:
         raise _invalid(path, f"tensors do not match the architecture: {', '.join(mismatch)}")
-    model = build_model(manifest["architecture"], manifest["config"])
-    with _open(path) as f:
+    model = build_packed(architecture, config, modules)
+    with _open(path) as f, torch.no_grad():
         for name, target in model.state_dict().items():
             target.copy_(_decode(name, entries[name], f, path).to(target.dtype))
-    return model.to(device).eval(), manifest
+    model = model.to(device).eval()
+    return select_runtime(model, runtime, manifest["input_shape"]), manifest
 
 
 def load_weights(

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from operators.datasets import Dataset
+from operators.packed import PackedModule, SparseLinear
 
 MAC_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -66,24 +67,30 @@ def evaluate(
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters) over all ``nn.Parameter``s (weights, biases, norms)."""
-    params = list(model.parameters())
+    """(parameters, nonzero parameters) over all ``nn.Parameter``s (weights, biases, norms),
+    plus the stored values of CSR weights of layers running sparse."""
+    params = [p.detach() for p in model.parameters()]
+    params += [m.weight_csr.values() for m in model.modules() if isinstance(m, SparseLinear)]
     return (
         sum(p.numel() for p in params),
-        sum(int(torch.count_nonzero(p.detach())) for p in params),
+        sum(int(torch.count_nonzero(p)) for p in params),
     )
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates per sample of the model's Linear and Conv layers, counted dense.
+    """Multiply-accumulates per sample that the model's layers actually execute.
 
-    Measured with forward hooks on one zero input of ``(1, *input_shape)``: a Linear layer
-    costs ``in_features`` per output value, a Conv layer ``in_channels / groups * kernel``.
+    Measured with forward hooks on one zero input of ``(1, *input_shape)``: a dense Linear
+    layer costs ``in_features`` per output value, a dense Conv layer ``in_channels / groups *
+    kernel``; a packed layer (MPD blocks, CSR weights) reports what its kernel computes.
     """
     total = 0
 
     def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         nonlocal total
+        if isinstance(module, PackedModule):
+            total += module.executed_macs(output)
+            return
         if isinstance(module, nn.Linear):
             per_output = module.in_features
         else:
@@ -91,7 +98,11 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         total += per_output * output.numel()
 
     device = next(model.parameters(), torch.empty(0)).device
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, MAC_LAYERS)]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (*MAC_LAYERS, PackedModule))
+    ]
     try:
         with _EvalMode(model), torch.inference_mode():
             model(torch.zeros(1, *input_shape, device=device))

@@ -8,10 +8,26 @@ also takes ``include`` / ``exclude``, regular expressions searched in module nam
 The state an op leaves behind is what fine-tuning must hold and the checkpoint must store:
 
 - ``masks``: parameter name -> bool tensor, True where the weight is kept;
-- ``value_dtypes``: parameter name -> the dtype its values are stored in (float32 if absent).
+- ``value_dtypes``: parameter name -> the dtype its values are stored in (float32 if absent);
+- ``blocks``: parameter name -> ``(rows, cols)`` of the blocks it was pruned in (the checkpoint
+  then also considers a block-sparse encoding);
+- ``packing``: module name -> :class:`~operators.packed.PackSpec`, the packed runtime module
+  the checkpoint stores that layer as (e.g. MPD blocks and permutations).
+
+Structural ops (``neuron_prune``, ``filter_prune``) change ``model`` itself: its layers are
+physically smaller (``structural`` is set), and the checkpoint records their new shapes. They must come before any op
+that sets masks or packing. ``example_input`` (one batch, inferred when not given) is what the
+dependency graph of structural pruning is traced with; its per-sample shape is recorded.
 
 :meth:`CompressedModel.enforce` projects the weights back onto that state (zero the masked
 entries, round to the storage dtype); it runs after every op and every optimizer step.
+
+In Python, Condensa-style: an op projects (``apply``), the checkpoint packs, the report says
+what each op did::
+
+    cm = Compose([Prune(sparsity=0.9), Quantize(dtype="float16")]).apply(model)
+    packed = cm.packed()      # the runnable packed model; save_checkpoint writes the same
+    cm.report                 # per op: its parameters and what it did
 
 Adding an op::
 
@@ -39,6 +55,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from operators.packed import PackSpec
+
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 STORAGE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -51,6 +69,22 @@ class CompressedModel:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     value_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     report: list[dict] = field(default_factory=list)
+    blocks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    packing: dict[str, PackSpec] = field(default_factory=dict)
+    example_input: torch.Tensor | None = None
+    structural: bool = False  # True once an op physically resized layers
+
+    @property
+    def input_shape(self) -> list[int] | None:
+        """Per-sample input shape of the model, when known."""
+        return None if self.example_input is None else list(self.example_input.shape[1:])
+
+    def packed(self, runtime: str = "auto") -> nn.Module:
+        """The packed, runnable model (eval mode, CPU) exactly as its checkpoint loads."""
+        from operators.checkpoint import pack_model
+        from operators.runtime import select_runtime
+
+        return select_runtime(pack_model(self).eval(), runtime, self.input_shape)
 
     def storage_dtype(self, name: str) -> torch.dtype:
         """The dtype parameter ``name`` is stored in (float32 unless an op changed it)."""
@@ -222,12 +256,7 @@ class Prune(Op):
         check_choice("scope", self.scope, ("global", "layer"))
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
-        names = [
-            _param_name(module_name, "weight")
-            for module_name, _ in self.selected_modules(cm.model, WEIGHT_LAYERS)
-        ]
-        if not names:
-            raise ValueError("prune: include/exclude selected no Linear or Conv layer")
+        names = weight_names(self, cm)
         params = dict(cm.model.named_parameters())
         weights = [cm.project(name, params[name]) for name in names]
         if self.scope == "global":
@@ -236,9 +265,7 @@ class Prune(Op):
             masks = [magnitude_masks([w], self.sparsity)[0] for w in weights]
         layers = {}
         for name, mask in zip(names, masks, strict=True):
-            if name in cm.masks:
-                mask = mask & cm.masks[name].to(mask.device)
-            cm.masks[name] = mask
+            mask = add_mask(cm, name, mask)
             layers[name] = int((~mask).sum()) / mask.numel()
         total = sum(m.numel() for m in masks)
         pruned = sum(int((~cm.masks[name]).sum()) for name in names)
@@ -304,12 +331,85 @@ def validate_steps(steps: list[dict]) -> None:
     parse_steps(steps)
 
 
-def apply_strategy(model: nn.Module, steps: list[dict]) -> CompressedModel:
+def apply_strategy(
+    model: nn.Module, steps: list[dict], *, example_input: torch.Tensor | None = None
+) -> CompressedModel:
     """Apply ``steps`` in order to a deep copy of ``model``; the input model is left untouched."""
-    ops = parse_steps(steps)
-    cm = CompressedModel(copy.deepcopy(model))
-    for op in ops:
-        details = op.apply(cm)
-        cm.enforce()
-        cm.report.append({"op": op.name, "params": op.params(), **details})
-    return cm
+    return Compose(parse_steps(steps)).apply(model, example_input=example_input)
+
+
+@dataclass
+class Compose:
+    """A sequence of ops applied in order: the Python face of a strategy."""
+
+    ops: list[Op]
+
+    def apply(
+        self, model: nn.Module, *, example_input: torch.Tensor | None = None
+    ) -> CompressedModel:
+        """Project a deep copy of ``model`` onto every op's constraint set, in order."""
+        cm = CompressedModel(copy.deepcopy(model))
+        cm.example_input = example_input if example_input is not None else infer_example(model)
+        for op in self.ops:
+            details = op.apply(cm)
+            cm.enforce()
+            cm.report.append({"op": op.name, "params": op.params(), **details})
+        return cm
+
+
+def infer_example(model: nn.Module) -> torch.Tensor | None:
+    """One zero sample the model accepts, guessed from its first weight layer, or None.
+
+    A Linear first layer takes ``in_features``; a Conv2d first layer is tried on square
+    images of common sizes (28, 32, 224, then 8..64) until the forward pass succeeds.
+    """
+    first = next((m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)), None)
+    if first is None:
+        return None
+    device = next(model.parameters()).device
+    if isinstance(first, nn.Linear):
+        guesses = [(first.in_features,)]
+    elif isinstance(first, nn.Conv2d):
+        guesses = [(first.in_channels, s, s) for s in (28, 32, 224, *range(8, 65))]
+    else:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        for shape in guesses:
+            x = torch.zeros(1, *shape, device=device)
+            try:
+                with torch.no_grad():
+                    model(x)
+                return x
+            except RuntimeError:
+                continue
+    finally:
+        model.train(was_training)
+    return None
+
+
+def check_unstructured(cm: CompressedModel, op_name: str) -> None:
+    """ValueError if ``cm`` already carries masks or packing (structural ops must come first)."""
+    if cm.masks or cm.packing:
+        raise ValueError(
+            f"{op_name}: structural pruning must come before ops that set masks or packing"
+        )
+
+
+def add_mask(cm: CompressedModel, name: str, mask: torch.Tensor) -> torch.Tensor:
+    """AND ``mask`` into ``cm.masks[name]`` and return the combined mask."""
+    if name in cm.masks:
+        mask = mask & cm.masks[name].to(mask.device)
+    cm.masks[name] = mask
+    return mask
+
+
+def weight_names(
+    op: Op, cm: CompressedModel, types=WEIGHT_LAYERS, what: str = "Linear or Conv"
+) -> list[str]:
+    """``<module>.weight`` of every selected layer of ``types`` (ValueError if none)."""
+    names = [_param_name(n, "weight") for n, _ in op.selected_modules(cm.model, types)]
+    if not names:
+        raise ValueError(f"{op.name}: include/exclude selected no {what} layer")
+    return names

@@ -15,6 +15,13 @@ Architectures (config keys and defaults in brackets):
   fc1 120 - ReLU - fc2 84 - ReLU - fc3. ``image_size`` must be at least 12.
 - ``mlp`` (in_features=784, hidden=[256], num_classes=10): flatten, then Linear layers
   ``fc1 .. fcN`` with ReLU between them.
+- ``vgg-cifar`` (in_channels=3, num_classes=10, width=1.0): VGG-11 for 32x32 images, eight
+  3x3 conv-BatchNorm-ReLU layers ``conv1..conv8`` of 64-128-256-256-512-512-512-512 channels
+  (times ``width``) with five 2x2 max-pools, global average pooling, then ``fc``.
+- ``resnet-cifar`` (depth=20, in_channels=3, num_classes=10, width=1.0): He et al. 2016's
+  CIFAR ResNet (depth 6n+2: 20, 32, 44, 56, 110), three stages ``layer1..layer3`` of n basic
+  blocks with 16-32-64 channels (times ``width``), 1x1 conv + BatchNorm shortcuts where the
+  shape changes, global average pooling, then ``fc``.
 """
 
 from __future__ import annotations
@@ -82,10 +89,99 @@ def lenet_5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -
     return nn.Sequential(layers)
 
 
+def _channels(base: int, width: Any) -> int:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ValueError(f"width: must be a positive number, got {width!r}")
+    return max(1, round(base * width))
+
+
+def _conv_bn_relu(layers: OrderedDict, i: int, c_in: int, c_out: int) -> None:
+    layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    layers[f"bn{i}"] = nn.BatchNorm2d(c_out)
+    layers[f"relu{i}"] = nn.ReLU()
+
+
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def vgg_cifar(in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> nn.Module:
+    """VGG-11 with BatchNorm for CIFAR-sized images (any size >= 32 works: global pooling)."""
+    c_in = _positive_int("in_channels", in_channels)
+    _positive_int("num_classes", num_classes)
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    conv = pool = 0
+    for item in VGG11:
+        if item == "M":
+            pool += 1
+            layers[f"pool{pool}"] = nn.MaxPool2d(2)
+        else:
+            conv += 1
+            _conv_bn_relu(layers, conv, c_in, _channels(item, width))
+            c_in = _channels(item, width)
+    layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["fc"] = nn.Linear(c_in, num_classes)
+    return nn.Sequential(layers)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN) shortcut, then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                    bn=nn.BatchNorm2d(c_out),
+                )
+            )
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet_cifar(
+    depth: int = 20, in_channels: int = 3, num_classes: int = 10, width: float = 1.0
+) -> nn.Module:
+    """The CIFAR ResNet of depth 6n+2 (ResNet-20, -56, ...)."""
+    _positive_int("depth", depth)
+    if (depth - 2) % 6 or depth < 8:
+        raise ValueError(f"depth: must be 6n+2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
+    n = (depth - 2) // 6
+    c_in = _positive_int("in_channels", in_channels)
+    _positive_int("num_classes", num_classes)
+    stem = _channels(16, width)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(
+        conv1=nn.Conv2d(c_in, stem, 3, padding=1, bias=False), bn1=nn.BatchNorm2d(stem),
+        relu1=nn.ReLU(),
+    )  # fmt: skip
+    c_in = stem
+    for stage, base in enumerate((16, 32, 64), start=1):
+        c_out = _channels(base, width)
+        blocks = [BasicBlock(c_in if i == 0 else c_out, c_out, 2 if (i == 0 and stage > 1) else 1)
+                  for i in range(n)]  # fmt: skip
+        layers[f"layer{stage}"] = nn.Sequential(*blocks)
+        c_in = c_out
+    layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["fc"] = nn.Linear(c_in, num_classes)
+    return nn.Sequential(layers)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "lenet-300-100": lenet_300_100,
     "lenet-5": lenet_5,
     "mlp": mlp,
+    "vgg-cifar": vgg_cifar,
+    "resnet-cifar": resnet_cifar,
 }
 
 

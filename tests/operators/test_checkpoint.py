@@ -64,7 +64,7 @@ def test_round_trip_is_bit_exact(lenet, tmp_path, steps):
     path = tmp_path / "m.safetensors"
     size = save(cm, path, metadata={"trial": 7})
     assert size == os.path.getsize(path)
-    model, manifest = load_checkpoint(path)
+    model, manifest = load_checkpoint(path, runtime="dense")
     assert not model.training
     assert_bit_exact(model, cm.model)
     assert manifest["metadata"] == {"trial": 7} and manifest["architecture"] == "lenet-300-100"
@@ -74,12 +74,12 @@ def test_round_trip_of_a_conv_net_and_the_dense_baseline(tmp_path):
     model = build_model("lenet-5", {"image_size": 16})
     cm = apply_strategy(model, [{"op": "prune", "sparsity": 0.6}, {"op": "quantize"}])
     save(cm, tmp_path / "p.safetensors", arch=("lenet-5", {"image_size": 16}))
-    assert_bit_exact(load_checkpoint(tmp_path / "p.safetensors")[0], cm.model)
+    assert_bit_exact(load_checkpoint(tmp_path / "p.safetensors", runtime="dense")[0], cm.model)
     size = save_dense_checkpoint(
         model, tmp_path / "d.safetensors", architecture="lenet-5", config={"image_size": 16}
     )
     assert size == os.path.getsize(tmp_path / "d.safetensors")
-    assert_bit_exact(load_checkpoint(tmp_path / "d.safetensors")[0], model)
+    assert_bit_exact(load_checkpoint(tmp_path / "d.safetensors", runtime="dense")[0], model)
     encodings = {
         e["encoding"] for e in read_manifest(tmp_path / "d.safetensors")["tensors"].values()
     }
@@ -94,7 +94,7 @@ def test_save_projects_without_modifying_the_compressed_model(lenet, tmp_path):
     save(cm, tmp_path / "m.safetensors")
     assert torch.equal(cm.model.fc1.weight, unenforced)
     cm.enforce()
-    assert_bit_exact(load_checkpoint(tmp_path / "m.safetensors")[0], cm.model)
+    assert_bit_exact(load_checkpoint(tmp_path / "m.safetensors", runtime="dense")[0], cm.model)
 
 
 def test_negative_zero_and_empty_layers_survive(lenet, tmp_path):
@@ -105,7 +105,7 @@ def test_negative_zero_and_empty_layers_survive(lenet, tmp_path):
     save(cm, tmp_path / "m.safetensors")
     manifest = read_manifest(tmp_path / "m.safetensors")
     assert manifest["tensors"]["fc3.weight"]["nnz"] == 0
-    assert_bit_exact(load_checkpoint(tmp_path / "m.safetensors")[0], cm.model)
+    assert_bit_exact(load_checkpoint(tmp_path / "m.safetensors", runtime="dense")[0], cm.model)
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_file_is_plain_safetensors_and_loading_never_unpickles(lenet, tmp_path, 
         keys = set(f.keys())
         manifest = json.loads(f.metadata()["autocompress"])
     assert {"fc1.weight.values", "fc1.bias"} <= keys
-    assert manifest["format"] == "autocompress-packed" and manifest["version"] == 1
+    assert manifest["format"] == "autocompress-packed" and manifest["version"] == 2
 
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used")
@@ -154,7 +154,7 @@ def test_file_is_plain_safetensors_and_loading_never_unpickles(lenet, tmp_path, 
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    assert_bit_exact(load_checkpoint(path)[0], cm.model)
+    assert_bit_exact(load_checkpoint(path, runtime="dense")[0], cm.model)
 
 
 def write_with_manifest(path, manifest, tensors=None):
@@ -177,7 +177,7 @@ def test_bad_files_are_refused_with_a_clear_error(lenet, tmp_path):
         "no-manifest": None,
         "not-json": "{oops",
         "wrong-format": {"format": "other", "version": 1},
-        "future-version": {"format": "autocompress-packed", "version": 2},
+        "future-version": {"format": "autocompress-packed", "version": 3},
         "unknown-arch": {
             "format": "autocompress-packed",
             "version": 1,

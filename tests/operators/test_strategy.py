@@ -32,7 +32,7 @@ def zeros(tensor: torch.Tensor) -> int:
         ([{"op": "prune"}], r"^steps\[0\]\.sparsity: required by prune"),
         (
             [{"op": "quantize"}, {"op": "foo"}],
-            r"^steps\[1\]\.op: unknown op 'foo'; allowed: prune, quantize",
+            r"^steps\[1\]\.op: unknown op 'foo'; allowed: prune, quantize, ",
         ),
         ([{"sparsity": 0.5}], r"^steps\[0\]\.op: required"),
         (

@@ -24,7 +24,29 @@ def test_each_architecture_forwards_to_num_classes(architecture, config, input_s
 
 
 def test_every_architecture_is_covered():
-    assert set(ARCHITECTURES) == {"lenet-300-100", "lenet-5", "mlp"}
+    assert set(ARCHITECTURES) == {"lenet-300-100", "lenet-5", "mlp", "vgg-cifar", "resnet-cifar"}
+
+
+@pytest.mark.parametrize(
+    ("config", "params"),
+    [({"depth": 20}, 272_474), ({"depth": 56}, 855_770)],
+)
+def test_resnet_cifar_has_the_published_size(config, params):
+    model = build_model("resnet-cifar", config)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_vgg_and_resnet_options():
+    vgg = build_model("vgg-cifar", {"in_channels": 1, "num_classes": 7, "width": 0.25})
+    assert vgg.conv1.in_channels == 1 and vgg.conv8.out_channels == 128
+    assert vgg(torch.zeros(1, 1, 32, 32)).shape == (1, 7)
+    wide = build_model("resnet-cifar", {"depth": 20, "width": 2})
+    assert wide.fc.in_features == 128
+    with pytest.raises(ValueError, match="depth: must be 6n\\+2"):
+        build_model("resnet-cifar", {"depth": 21})
+    with pytest.raises(ValueError, match="width: must be a positive number"):
+        build_model("vgg-cifar", {"width": 0})
 
 
 def test_lenet_300_100_has_the_classic_layers():
