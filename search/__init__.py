@@ -18,12 +18,22 @@ the trials so far, and it proposes the next candidates. An ask/tell loop on a to
 """
 
 from .objective import METRICS, Constraint, Objective, ObjectiveError
-from .optimizer import Observation, Proposal, SearchSettings, default_n_initial, propose
+from .optimizer import (
+    SEARCH_METHODS,
+    Observation,
+    Proposal,
+    SearchSettings,
+    SearchSettingsError,
+    default_n_initial,
+    propose,
+)
 from .pareto import best_feasible, feasible_front, hypervolume, infer_reference, pareto_front
 from .space import Candidate, Param, SearchSpace, SearchSpaceError, StrategySpace
+from .stopping import progress_curve, stop_reason
 
 __all__ = [
     "METRICS",
+    "SEARCH_METHODS",
     "Candidate",
     "Constraint",
     "Objective",
@@ -32,6 +42,7 @@ __all__ = [
     "Param",
     "Proposal",
     "SearchSettings",
+    "SearchSettingsError",
     "SearchSpace",
     "SearchSpaceError",
     "StrategySpace",
@@ -41,5 +52,7 @@ __all__ = [
     "hypervolume",
     "infer_reference",
     "pareto_front",
+    "progress_curve",
     "propose",
+    "stop_reason",
 ]

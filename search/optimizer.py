@@ -13,7 +13,10 @@ one) and the pending ones (candidates being evaluated), and returns ``n`` new ca
      (reference point: the observed nadir minus 10% of the range),
 
    optimised sequentially-greedy over the unit cube with the pending points as ``X_pending``;
-   with several strategies, the strategy column is enumerated (``optimize_acqf_mixed``).
+   the strategy column and the columns of choices of strings are categorical: a categorical
+   kernel in the GP (``MixedSingleTaskGP``, no input scaling since the encoding is already
+   the unit cube) and every combination enumerated by ``optimize_acqf_mixed``. With
+   ``SearchSettings(method="two-phase")``, Condensa's two phases instead (:mod:`.levelset`).
 3. Failed trials and non-finite metrics stay in the data as infeasible points: the worst
    observed objective value and a constraint value beyond its bound.
 4. Whatever goes wrong in fitting or optimising, the answer is Sobol points with reason
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,18 +41,27 @@ from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolu
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.fit import fit_gpytorch_mll
-from botorch.models import ModelListGP, SingleTaskGP
+from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
 from botorch.optim import optimize_acqf, optimize_acqf_mixed
 from botorch.sampling import SobolQMCNormalSampler
-from gpytorch.mlls import SumMarginalLogLikelihood
+from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
+from . import levelset
 from .objective import Constraint, Objective
 from .pareto import infer_reference
 from .space import Candidate, SearchSpace
 
-__all__ = ["Observation", "Proposal", "SearchSettings", "default_n_initial", "propose"]
+__all__ = [
+    "SEARCH_METHODS",
+    "Observation",
+    "Proposal",
+    "SearchSettings",
+    "SearchSettingsError",
+    "default_n_initial",
+    "propose",
+]
 
 
 @dataclass
@@ -71,17 +83,82 @@ class Proposal:
     reason: dict[str, Any]
 
 
+SEARCH_METHODS = ("bo", "two-phase")
+
+
+class SearchSettingsError(ValueError):
+    """An invalid ``search`` section of a job; ``field`` names the JSON path at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 @dataclass(frozen=True)
 class SearchSettings:
-    """Effort of the acquisition optimisation (defaults keep one call well under 3 s)."""
+    """How to search: the method, and the effort of fitting and acquisition optimisation
+    (the defaults keep one call under a second at 200 trials on a 2-core CPU).
 
-    num_restarts: int = 8
+    ``method`` is ``"bo"`` (constrained or Pareto Bayesian optimisation) or ``"two-phase"``
+    (Condensa's search for one strategy with a single strength parameter: first locate the
+    largest strength meeting the constraints by level-set estimation, at most
+    ``level_set_trials`` trials after the Sobol start or until the boundary is known within
+    ``level_set_tolerance`` of the parameter's range; then qLogNEI below it).
+    """
+
+    method: str = "bo"
+    num_restarts: int = 6
     raw_samples: int = 256
     mc_samples: int = 128
-    maxiter: int = 200
+    maxiter: int = 100
+    #: L-BFGS iterations of each GP's marginal-likelihood fit.
+    fit_maxiter: int = 75
+    level_set_trials: int = 4
+    level_set_tolerance: float = 0.01
     #: torch intra-op threads while fitting and optimising; the matrices are tiny, and more
     #: threads only add contention (10x slower on a busy 2-core machine). None: leave as is.
     num_threads: int | None = 1
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> SearchSettings:
+        """Parse a job's ``search`` JSON, e.g. ``{"method": "two-phase"}`` (None: defaults).
+
+        Raises:
+            SearchSettingsError: naming the field at fault and what is allowed.
+        """
+        if spec is None:
+            return cls()
+        if not isinstance(spec, Mapping):
+            raise SearchSettingsError("search", "must be an object such as {'method': 'bo'}")
+        unknown = sorted(set(spec) - {"method"})
+        if unknown:
+            raise SearchSettingsError(f"search.{unknown[0]}", "unknown key; allowed: ['method']")
+        method = spec.get("method", "bo")
+        if method not in SEARCH_METHODS:
+            raise SearchSettingsError(
+                "search.method", f"unknown method {method!r}; allowed: {', '.join(SEARCH_METHODS)}"
+            )
+        return cls(method=method)
+
+    def check(self, space: SearchSpace, objective: Objective) -> None:
+        """Raise :class:`SearchSettingsError` if the method does not fit the job."""
+        if self.method == "two-phase":
+            if (
+                space.n_strategies != 1
+                or space.dim != 1
+                or space.strategies[0].params[0].kind == "choice"
+            ):
+                raise SearchSettingsError(
+                    "search.method",
+                    "two-phase needs one strategy with exactly one numeric range parameter "
+                    f"(its strength); this search space has {space.dim} free columns",
+                )
+            if objective.kind != "single" or not objective.constraints:
+                raise SearchSettingsError(
+                    "search.method",
+                    "two-phase needs a single objective ('maximize' or 'minimize') with constraints",
+                )
 
 
 DEFAULT_SETTINGS = SearchSettings()
@@ -110,7 +187,13 @@ def propose(
 ) -> list[Proposal]:
     """Propose ``n`` new candidates given the finished (``history``) and running
     (``pending``) trials. Deterministic in its inputs; never raises on odd histories
-    (failed trials, NaN metrics, flat outputs): it falls back to Sobol points instead."""
+    (failed trials, NaN metrics, flat outputs): it falls back to Sobol points instead.
+
+    Raises:
+        SearchSettingsError: only when ``settings.method`` does not fit the space or the
+            objective (see :meth:`SearchSettings.check`; check it when the job is created).
+    """
+    settings.check(space, objective)
     if n <= 0:
         return []
     seed = seed % _SEED_MODULUS  # any int works; 0 <= seed < 2**31 is used as given
@@ -140,6 +223,7 @@ def propose(
                 taken=taken,
                 explored=explored,
                 settings=settings,
+                n_initial=n_initial,
             )
     except Exception as error:  # noqa: BLE001 - any failure means "explore instead"
         reason = _reason("random-fallback", history, error=f"{type(error).__name__}: {error}")
@@ -259,16 +343,26 @@ def _training_data(
     return X, Y, names
 
 
-def _fit_model(X: Tensor, Y: Tensor) -> ModelListGP:
-    """One ``SingleTaskGP`` per output column, outcomes standardised, fitted by marginal
-    likelihood (separate models fit faster than one batched multi-output GP)."""
-    models = [
-        SingleTaskGP(X, Y[:, j : j + 1], outcome_transform=Standardize(m=1))
-        for j in range(Y.shape[-1])
-    ]
-    model = ModelListGP(*models)
-    fit_gpytorch_mll(SumMarginalLogLikelihood(model.likelihood, model))
-    return model
+def _fit_model(X: Tensor, Y: Tensor, cat_dims: list[int], settings: SearchSettings) -> ModelListGP:
+    """One GP per output column, outcomes standardised, each fitted by marginal likelihood
+    on its own (faster than one joint fit) with at most ``settings.fit_maxiter`` L-BFGS steps.
+
+    Inputs are already in the unit cube, so there is no input scaling; categorical columns
+    (``cat_dims``) get a categorical kernel (``MixedSingleTaskGP``) instead of a distance.
+    """
+    models = []
+    for j in range(Y.shape[-1]):
+        y = Y[:, j : j + 1]
+        if cat_dims and len(cat_dims) < X.shape[-1]:
+            gp = MixedSingleTaskGP(X, y, cat_dims=cat_dims, outcome_transform=Standardize(m=1))
+        else:
+            gp = SingleTaskGP(X, y, outcome_transform=Standardize(m=1))
+        fit_gpytorch_mll(
+            ExactMarginalLogLikelihood(gp.likelihood, gp),
+            optimizer_kwargs={"options": {"maxiter": settings.fit_maxiter}},
+        )
+        models.append(gp)
+    return ModelListGP(*models)
 
 
 def _constraint_callables(
@@ -351,9 +445,10 @@ def _optimize_one(
 ) -> tuple[Tensor, float]:
     """The best ``1 x d`` point of the acquisition (snapped to what will be evaluated).
 
-    With several strategies, the strategies that have free parameters go through
-    ``optimize_acqf_mixed`` (one fixed strategy column each); those without any are a single
-    point, evaluated directly (``optimize_acqf_mixed`` cannot mix the two).
+    Every combination of strategy and categorical values (:meth:`SearchSpace.fixed_features_list`)
+    that leaves columns free goes through ``optimize_acqf_mixed``; a combination that fixes
+    every column is a single point, evaluated directly (``optimize_acqf_mixed`` cannot mix
+    the two).
     """
     bounds = torch.stack(
         [torch.zeros(space.dim, dtype=torch.double), torch.ones(space.dim, dtype=torch.double)]
@@ -367,17 +462,24 @@ def _optimize_one(
         options={"maxiter": settings.maxiter},
         post_processing_func=space.snap,
     )
-    if space.n_strategies == 1:
+    combos = space.fixed_features_list()
+    if space.dim == 1 and combos == [{}]:  # exact: every value that can be evaluated
+        grid = levelset.unit_grid(space)
+        with torch.no_grad():
+            values = acqf(grid.unsqueeze(-2))
+        best = int(values.argmax())
+        return grid[best : best + 1], float(values[best])
+    if combos == [{}]:
         x, value = optimize_acqf(**common)
         return x.reshape(1, space.dim), float(value.reshape(-1)[0])
     options: list[tuple[Tensor, float]] = []
-    features = [space.strategy_features(s.name) for s in space.strategies if s.params]
-    if features:
-        x, value = optimize_acqf_mixed(fixed_features_list=features, **common)
+    free = [c for c in combos if len(c) < space.dim]
+    if free:
+        x, value = optimize_acqf_mixed(fixed_features_list=free, **common)
         options.append((x.reshape(1, space.dim), float(value.reshape(-1)[0])))
-    for strategy in space.strategies:
-        if not strategy.params:
-            x = space.encode(Candidate(strategy.name, {})).reshape(1, space.dim)
+    for combo in combos:
+        if len(combo) == space.dim:
+            x = torch.tensor([[combo[c] for c in range(space.dim)]], dtype=torch.double)
             with torch.no_grad():
                 options.append((x, float(acqf(x.unsqueeze(0)).reshape(-1)[0])))
     return max(options, key=lambda option: option[1])
@@ -394,30 +496,53 @@ def _propose_with_model(
     taken: set[str],
     explored: set[str],
     settings: SearchSettings,
+    n_initial: int,
 ) -> list[Proposal]:
     """Fit, optimise ``n`` points sequentially, and describe them; a proposal that repeats a
     pending or just proposed candidate (``taken``) is replaced by an unexplored Sobol point."""
     X, Y, names = _training_data(space, objective, history)
-    model = _fit_model(X, Y)
+    model = _fit_model(X, Y, space.categorical_columns, settings)
     X_pending = torch.stack([space.encode(c) for c in pending]) if pending else None
     acqf, method = _acquisition(model, objective, history, X, X_pending, names, seed, settings)
+    extra: dict[str, Any] = {}
+    if settings.method == "two-phase":
+        grid = levelset.unit_grid(space)
+        feasible = levelset.feasibility(model, grid, objective.constraints, names)
+        n_seen = len(history) + len(pending)
+        if n_seen < n_initial + settings.level_set_trials and not levelset.resolved(
+            feasible, grid, settings.level_set_tolerance
+        ):
+            scales = Y.std(dim=0).clamp_min(1e-12)
+            picks = levelset.level_set_points(
+                model,
+                grid,
+                objective.constraints,
+                names,
+                scales,
+                X_pending,
+                n,
+                settings.level_set_tolerance,
+            )
+            method, extra = "level-set", {"phase": 1}
+        else:
+            picks = levelset.objective_points(acqf, grid, feasible, n)
+            upper = grid[feasible >= levelset.MAY_BE_FEASIBLE]
+            bound = space.decode(upper.max(dim=0).values) if upper.numel() else None
+            extra = {"phase": 2, "upper_bound": bound.params if bound else None}
+    else:
+        picks = []
+        for _ in range(n):  # sequential greedy: each point is pending for the next
+            picks.append(_optimize_one(acqf, space, settings))
+            batch = torch.cat([x for x, _ in picks])
+            acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
 
-    chosen: list[Tensor] = []
-    values: list[float] = []
-    for _ in range(n):  # sequential greedy: each point is pending for the next
-        x, value = _optimize_one(acqf, space, settings)
-        chosen.append(x)
-        values.append(value)
-        batch = torch.cat(chosen)
-        acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
-
-    points = torch.cat(chosen)
+    points = torch.cat([x for x, _ in picks])
     posterior = model.posterior(points)
     mean, std = posterior.mean.detach(), posterior.variance.detach().clamp_min(0).sqrt()
     n_seen = len(history) + len(pending)
     fallback = _sobol_candidates(space, seed, n_seen + n, explored)
     proposals = []
-    for i in range(n):
+    for i, (_, value) in enumerate(picks):
         candidate = space.decode(points[i])
         if candidate.key() in taken:  # same as a pending one or an earlier proposal
             reason = _reason(
@@ -435,6 +560,6 @@ def _propose_with_model(
             name: {"mean": _json_number(mean[i, j]), "std": _json_number(std[i, j])}
             for j, name in enumerate(names)
         }
-        reason = _reason(method, history, acquisition_value=values[i], predicted=predicted)
-        proposals.append(Proposal(candidate, reason))
+        reason = _reason(method, history, acquisition_value=value, predicted=predicted)
+        proposals.append(Proposal(candidate, {**reason, **extra}))
     return proposals

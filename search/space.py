@@ -17,6 +17,7 @@ index when there are two strategies or more. Op names and their parameters are v
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,9 @@ ParamKind = Literal["float", "int", "choice"]
 _RANGE_KEYS = frozenset({"min", "max", "type", "log"})
 _CHOICE_KEYS = frozenset({"choices"})
 _INACTIVE = 0.5  # encoded value of the columns a candidate's strategy does not use
+#: At most this many (strategy, categorical values) combinations are enumerated; beyond it,
+#: choices of strings are searched as ordered values like numeric choices.
+MAX_ENUMERATED = 32
 
 
 class SearchSpaceError(ValueError):
@@ -64,6 +68,16 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+
+    @property
+    def categorical(self) -> bool:
+        """A choice among values that are not all numbers (e.g. dtypes): unordered."""
+        return self.kind == "choice" and not all(_is_number(c) for c in self.choices or ())
+
+    def unit_values(self) -> list[float]:
+        """The encoded values of a choice (its only possible columns values)."""
+        assert self.choices is not None
+        return [self.to_unit(c) for c in self.choices]
 
     @property
     def step_index(self) -> int:
@@ -235,6 +249,42 @@ class SearchSpace:
         if self.strategy_column is not None:
             features[self.strategy_column] = self._by_name[name] / (self.n_strategies - 1)
         return features
+
+    def _categorical_params(self, strategy: StrategySpace) -> list[tuple[int, Param]]:
+        columns = self.strategy_columns(strategy.name)
+        return [(c, p) for c, p in zip(columns, strategy.params, strict=True) if p.categorical]
+
+    def _enumerates_choices(self) -> bool:
+        combinations = sum(
+            math.prod(len(p.choices or ()) for _, p in self._categorical_params(s))
+            for s in self.strategies
+        )
+        return combinations <= MAX_ENUMERATED
+
+    @property
+    def categorical_columns(self) -> list[int]:
+        """Unordered columns: the strategy column and, when the combinations are few enough
+        to enumerate (:data:`MAX_ENUMERATED`), the columns of choices of strings. The model
+        gives them a categorical kernel (no input scaling) and the optimiser enumerates them."""
+        columns = []
+        if self._enumerates_choices():
+            columns = [c for s in self.strategies for c, _ in self._categorical_params(s)]
+        if self.strategy_column is not None:
+            columns.append(self.strategy_column)
+        return sorted(columns)
+
+    def fixed_features_list(self) -> list[dict[int, float]]:
+        """Every combination of strategy and categorical values, as the fixed column values
+        of ``optimize_acqf_mixed`` (the other strategies' columns at 0.5)."""
+        enumerate_choices = self._enumerates_choices()
+        combos = []
+        for strategy in self.strategies:
+            base = self.strategy_features(strategy.name)
+            categorical = self._categorical_params(strategy) if enumerate_choices else []
+            values = [[(c, u) for u in p.unit_values()] for c, p in categorical]
+            for assignment in itertools.product(*values):
+                combos.append({**base, **dict(assignment)})
+        return combos
 
     def encode(self, candidate: Candidate) -> Tensor:
         """Map a candidate to a ``dim``-vector in ``[0, 1]`` (double precision)."""

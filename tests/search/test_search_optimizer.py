@@ -248,9 +248,9 @@ def test_propose_with_thirty_observations_is_fast():
     propose(THREE_D, CONSTRAINED, history, [], 1, seed=0)  # warm caches
     timings = []
     for seed in (1, 2):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: the test machine is shared and busy
         propose(THREE_D, CONSTRAINED, history, [], 1, seed=seed)
-        timings.append(time.perf_counter() - start)
+        timings.append(time.process_time() - start)
     assert min(timings) < 3.0, timings
 
 
