@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from search import Candidate, Objective, Observation, SearchSpace, propose
+from search import Candidate, Objective, Observation, SearchSettings, SearchSpace, propose
 from search.stopping import stop_reason
 from service.datasets import resolve_reference
 from service.db import (
@@ -140,7 +140,10 @@ def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None
             space = SearchSpace.from_spec(job.spec["search_space"])
             objective = Objective.from_spec(job.spec["objective"])
             try:
-                proposals = propose(space, objective, observations, pending, free, seed=job.seed)
+                search_settings = SearchSettings.from_spec(job.spec.get("search"))
+                proposals = propose(
+                    space, objective, observations, pending, free, seed=job.seed, settings=search_settings
+                )
             except Exception as exc:  # the optimiser is meant never to raise; if it does, say so
                 log.exception("optimiser failed for job %s", job_id)
                 job.state, job.error, job.finished_at = "failed", f"optimiser failed: {exc}", now

@@ -100,6 +100,12 @@ class JobCreate(Strict):
     )
     finetune: Finetune = Field(default_factory=Finetune)
     budget: Budget = Field(default_factory=Budget)
+    search: dict[str, Any] | None = Field(
+        None,
+        description='How to search: {"method": "bo"} (default: constrained or Pareto Bayesian '
+        'optimisation) or {"method": "two-phase"} (Condensa: first the largest strength that '
+        "meets the constraints, then the objective within it; one strategy, one range).",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Same seed + same inputs = same proposals.")
     latency_batch_size: int = Field(1, ge=1, le=65536, description="Batch size of latency_ms.")
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from operators.datasets import DatasetError, check_reference
 from operators.finetune import FINETUNE_METHODS
 from operators.strategy import validate_steps
-from search import Candidate, Objective, SearchSpace
+from search import Candidate, Objective, SearchSettings, SearchSettingsError, SearchSpace
 from search.objective import ObjectiveError
 from search.space import SearchSpaceError
 from service.api.errors import Invalid
@@ -69,10 +69,14 @@ def validate_job(body: JobCreate, session: Session, settings: Settings) -> None:
     except DatasetError as exc:
         raise Invalid("body.dataset", str(exc)) from exc
     try:
-        Objective.from_spec(body.objective)
+        objective = Objective.from_spec(body.objective)
     except ObjectiveError as exc:
         raise Invalid(f"body.{exc.field}", str(exc)) from exc
-    validate_search_space(body.search_space)
+    space = validate_search_space(body.search_space)
+    try:
+        SearchSettings.from_spec(body.search).check(space, objective)
+    except SearchSettingsError as exc:
+        raise Invalid(f"body.{exc.field}", str(exc)) from exc
     if body.finetune.method not in FINETUNE_METHODS:
         raise Invalid(
             "body.finetune.method",

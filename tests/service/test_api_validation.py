@@ -107,7 +107,16 @@ def test_job_validation_names_each_field(client: TestClient) -> None:
     )
     got = fields(client.post("/v1/jobs", json=bad_range))
     assert got[0].startswith("body.search_space.strategies[0].steps[0]"), got
-    assert client.get("/v1/jobs").json() == []  # nothing half-created
+    got = fields(client.post("/v1/jobs", json=job(model_id, search={"method": "magic"})))
+    assert got[0].startswith("body.search"), got
+    two_strategies = {"strategies": [
+        {"name": "a", "steps": [{"op": "prune", "sparsity": {"min": 0.1, "max": 0.9}}]},
+        {"name": "b", "steps": [{"op": "prune", "sparsity": {"min": 0.1, "max": 0.9}}]},
+    ]}
+    reply = client.post("/v1/jobs", json=job(model_id, search={"method": "two-phase"}, search_space=two_strategies))
+    assert fields(reply)[0].startswith("body.search"), reply.text
+    assert client.post("/v1/jobs", json=job(model_id, search={"method": "two-phase"})).status_code == 202
+    assert len(client.get("/v1/jobs").json()) == 1  # only the valid job was created
 
 
 def test_dataset_path_outside_the_data_roots_is_refused(client: TestClient, tmp_path: Path) -> None:
