@@ -52,6 +52,7 @@ from operators.finetune import FINETUNE_METHODS, finetune
 from operators.metrics import compute_metrics, count_macs, count_params, evaluate, measure_latency
 from operators.mpd import MPD
 from operators.pruning import BlockPrune, NMPrune
+from operators.quantization import Cluster
 from operators.strategy import (
     OPS,
     Compose,
@@ -64,6 +65,7 @@ from operators.strategy import (
 )
 from operators.structured import FilterPrune, NeuronPrune
 from operators.training import Cancelled, train
+from operators.unification import Unify
 from operators.zoo import ARCHITECTURES, build_model
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "OPS",
     "BlockPrune",
     "Cancelled",
+    "Cluster",
     "Compose",
     "CompressedModel",
     "Dataset",
@@ -83,6 +86,7 @@ __all__ = [
     "Op",
     "Prune",
     "Quantize",
+    "Unify",
     "apply_strategy",
     "build_model",
     "check_reference",

@@ -33,8 +33,9 @@ the smallest for it:
              ``<name>.values``: the kept blocks' ``rows * cols`` values each, in that order.
 
 "Nonzero" is bitwise (``-0.0`` is kept as a value), so a round trip is bit-exact. Storage
-dtype is float32 unless an op chose another one (``quantize``); buffers are always dense in
-their own dtype. The loader rebuilds the module with :func:`operators.zoo.build_model` and
+dtype is float32 unless an op chose another one (``quantize``); integer parameters (the int8
+values of ``quantize int8``) keep their dtype and may be stored sparse; buffers are always
+dense in their own dtype. The loader rebuilds the module with :func:`operators.zoo.build_model` and
 fills the weights; anything inconsistent in the file is a ValueError.
 """
 
@@ -68,7 +69,8 @@ READABLE_VERSIONS = (1, 2)
 ENCODINGS = ("dense", "bitmask", "index", "block")
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
-    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
+    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool",
+                 "int8")
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -149,7 +151,7 @@ def _encode(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(manifest entry, tensors to store) for one state-dict entry, smallest encoding first."""
     tensor = tensor.detach().cpu()
-    if allow_sparse and tensor.is_floating_point() and tensor.numel():
+    if allow_sparse and (tensor.is_floating_point() or tensor.dtype == torch.int8) and tensor.numel():
         candidates = candidate_encodings(name, tensor, storage, block)
         encoding = min(candidates, key=lambda e: stored_bytes(candidates[e]))
         stored = candidates[encoding]
@@ -268,7 +270,8 @@ def _write(
     entries, tensors = {}, {}
     for name, tensor in state.items():
         source = sources.get(name, name)
-        storage = cm.storage_dtype(source) if name in params else tensor.dtype
+        floating = name in params and tensor.is_floating_point()  # int8 values keep int8
+        storage = cm.storage_dtype(source) if floating else tensor.dtype
         entries[name], stored = _encode(
             name, tensor, storage, allow_sparse and name in params, cm.blocks.get(source)
         )
@@ -471,8 +474,9 @@ def load_checkpoint(
 ) -> tuple[nn.Module, dict]:
     """Rebuild the runnable model (float32 weights, eval mode, on ``device``) and its manifest.
 
-    ``runtime``: ``"auto"`` keeps, per compressed layer, whichever of its packed and dense
-    forms was measured faster on ``device``; ``"packed"`` keeps every packed form;
+    ``runtime``: ``"auto"`` runs, per compressed layer and batch size, whichever of its
+    packed and dense forms was measured faster on ``device`` (see :mod:`operators.runtime`);
+    ``"packed"`` keeps every packed form;
     ``"dense"`` gives plain layers only (the model the compression was trained as).
     """
     path = Path(path)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from operators.datasets import Dataset
 from operators.packed import PackedModule, SparseLinear
+from operators.runtime import stored_parameters
 
 MAC_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -68,8 +69,9 @@ def evaluate(
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(parameters, nonzero parameters) over all ``nn.Parameter``s (weights, biases, norms),
-    plus the stored values of CSR weights of layers running sparse."""
-    params = [p.detach() for p in model.parameters()]
+    plus the stored values of CSR weights of layers running sparse; a layer that runs packed
+    or dense by batch size counts once."""
+    params = [p.detach() for p in stored_parameters(model)]
     params += [m.weight_csr.values() for m in model.modules() if isinstance(m, SparseLinear)]
     return (
         sum(p.numel() for p in params),

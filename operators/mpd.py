@@ -6,11 +6,14 @@ block diagonal (near-equal blocks when k does not divide a side). Masked fine-tu
 mask; the checkpoint stores the layer as k dense blocks plus ``p`` and ``q``
 (:class:`operators.packed.MPDLinear` / :class:`~operators.packed.MPDConv2d`), run as gather,
 k small products, gather. Layers with fewer than k rows or columns are left alone
-(``skipped``).
+(``skipped``), and so is the model's output layer (the last Linear/Conv, which produces the
+logits: masked, each class would see only 1/k of the features) unless ``include`` is given
+and matches its name.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,13 +21,16 @@ import torch
 from torch import nn
 
 from operators.packed import PackSpec, mpd_mask
-from operators.strategy import CompressedModel, Op, add_mask, register
+from operators.strategy import CompressedModel, Op, add_mask, output_layer, register
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
 class MPD(Op):
-    """Permuted block-diagonal masks with ``blocks`` = k blocks per layer, drawn from ``seed``."""
+    """Permuted block-diagonal masks with ``blocks`` = k blocks per layer, drawn from ``seed``.
+
+    The output layer stays dense unless ``include`` names it (see the module docstring).
+    """
 
     name: ClassVar[str] = "mpd"
     blocks: int
@@ -41,9 +47,15 @@ class MPD(Op):
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(self.seed)
         layers, skipped = {}, []
+        last = output_layer(cm.model)
         for module_name, module in self.selected_modules(cm.model, (nn.Linear, nn.Conv2d)):
             rows, cols = module.weight.shape[:2]
-            if getattr(module, "groups", 1) != 1 or min(rows, cols) < self.blocks:
+            named = self.include is not None and re.search(self.include, module_name)
+            if (
+                getattr(module, "groups", 1) != 1
+                or min(rows, cols) < self.blocks
+                or (module is last and not named)
+            ):
                 skipped.append(module_name)
                 continue
             if module_name in cm.packing:

@@ -149,8 +149,13 @@ class _MPD(PackedModule):
     """Shared state of MPD layers: k padded dense blocks, the row and column permutations.
 
     ``blocks`` holds block ``b`` at rows ``b*mb .. b*mb+m_b`` and its first ``n_b`` columns
-    (``mb``/``nb`` the largest block sizes; padding is zero). Forward: gather the input in
-    column-permutation order (padded), k small products, then gather the output rows back.
+    (``mb``/``nb`` the largest block sizes; padding is zero, so uneven blocks still run as one
+    batched product). Forward: one gather of the input in column-permutation order (padded),
+    one batched product over the k blocks, then one gather of the output rows back.
+
+    Folds (:func:`operators.runtime.fold_permutations`): ``skip_output_gather`` leaves the
+    output in padded block order (``k * mb`` wide) and :meth:`fold_input_gather` makes the
+    next layer read that order.
     """
 
     SOURCES: ClassVar[dict[str, str]] = {"blocks": "weight", "bias": "bias"}
@@ -210,6 +215,18 @@ class _MPD(PackedModule):
         """Read the input in the previous MPD layer's padded order (its output gather folded)."""
         runtime = self.gathers()
         runtime["gather_in"] = previous_gather_out[runtime["gather_in"]]
+
+    def to_dense(self) -> nn.Module:
+        dense = self._plain_like(self.cols, self.rows, self.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense.to(self.blocks.device)
+
+    def _plain_like(self, in_width: int, out_width: int, bias: bool) -> nn.Module:
+        """An empty plain layer of this module's type and hyper-parameters."""
+        raise NotImplementedError
 
     def _load_from_dense(self, weight: torch.Tensor, bias: torch.Tensor | None, spec: PackSpec):
         with torch.no_grad():
@@ -278,13 +295,8 @@ class MPDLinear(_MPD):
         y = yk.transpose(0, 1).reshape(-1, self.nblocks * self.mb)
         return self._finish(y, 1).reshape(*lead, -1)
 
-    def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.cols, self.rows, bias=self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense.to(self.blocks.device)
+    def _plain_like(self, in_width: int, out_width: int, bias: bool) -> nn.Linear:
+        return nn.Linear(in_width, out_width, bias=bias)
 
     def executed_macs(self, output: torch.Tensor) -> int:
         samples = output.numel() // output.shape[-1]
@@ -330,20 +342,17 @@ class MPDConv2d(_MPD):
                 "dilation": list(self.dilation), "bias": self.bias is not None}  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channel gathers on the NHWC view: the grouped conv then runs channels-last (much
+        # faster than NCHW for few channels per group on CPU), and so does its output.
         runtime = self.gathers()
-        x = x.index_select(1, runtime["gather_in"])
+        x = x.permute(0, 2, 3, 1).index_select(3, runtime["gather_in"]).permute(0, 3, 1, 2)
         y = F.conv2d(x, self.blocks, runtime["bias_padded"], self.stride, self.padding,
                      self.dilation, self.nblocks)  # fmt: skip
-        return self._finish(y, 1)
+        return self._finish(y.permute(0, 2, 3, 1), 3).permute(0, 3, 1, 2)
 
-    def to_dense(self) -> nn.Conv2d:
-        dense = nn.Conv2d(self.cols, self.rows, self.kernel_size, self.stride, self.padding,
-                          self.dilation, bias=self.bias is not None)  # fmt: skip
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense.to(self.blocks.device)
+    def _plain_like(self, in_width: int, out_width: int, bias: bool) -> nn.Conv2d:
+        return nn.Conv2d(in_width, out_width, self.kernel_size, self.stride, self.padding,
+                         self.dilation, bias=bias)  # fmt: skip
 
     def executed_macs(self, output: torch.Tensor) -> int:
         return output.numel() // output.shape[1] * self.nblocks * self.mb * self.nb * math.prod(

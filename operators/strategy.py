@@ -12,7 +12,12 @@ The state an op leaves behind is what fine-tuning must hold and the checkpoint m
 - ``blocks``: parameter name -> ``(rows, cols)`` of the blocks it was pruned in (the checkpoint
   then also considers a block-sparse encoding);
 - ``packing``: module name -> :class:`~operators.packed.PackSpec`, the packed runtime module
-  the checkpoint stores that layer as (e.g. MPD blocks and permutations).
+  the checkpoint stores that layer as (e.g. MPD blocks and permutations);
+- ``constraints``: parameter name -> :class:`Constraint`, any other structure the values must
+  keep (a codebook with a fixed assignment, unified blocks, an int8 grid).
+
+``teacher`` is the uncompressed input model (for distillation) and ``ops`` the ops applied
+(for projections that re-run them, such as L-C's C-step).
 
 Structural ops (``neuron_prune``, ``filter_prune``) change ``model`` itself: its layers are
 physically smaller (``structural`` is set), and the checkpoint records their new shapes. They must come before any op
@@ -59,6 +64,25 @@ from operators.packed import PackSpec
 
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 STORAGE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+QUANTIZE_DTYPES = (*STORAGE_DTYPES, "int8")
+
+
+class Constraint:
+    """Structure one parameter must keep besides its mask and storage dtype.
+
+    ``project_`` puts a tensor onto the structure held fixed (e.g. each cluster's values to
+    their mean, the assignment unchanged); ``grad`` maps a gradient to the one of the free
+    parameters broadcast back (e.g. a centroid's gradient, the sum of its members', given to
+    every member), so that training moves tied weights together.
+    """
+
+    def project_(self, tensor: torch.Tensor) -> None:
+        """Project ``tensor`` in place onto the held structure."""
+        raise NotImplementedError
+
+    def grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient of the tied parameterisation (identity by default)."""
+        return grad
 
 
 @dataclass
@@ -73,6 +97,9 @@ class CompressedModel:
     packing: dict[str, PackSpec] = field(default_factory=dict)
     example_input: torch.Tensor | None = None
     structural: bool = False  # True once an op physically resized layers
+    constraints: dict[str, Constraint] = field(default_factory=dict)
+    teacher: nn.Module | None = field(default=None, repr=False)  # the uncompressed model
+    ops: list[Op] = field(default_factory=list)  # the ops applied, in order
 
     @property
     def input_shape(self) -> list[int] | None:
@@ -103,6 +130,9 @@ class CompressedModel:
             self._project_(name, param.data)
 
     def _project_(self, name: str, tensor: torch.Tensor) -> None:
+        constraint = self.constraints.get(name)
+        if constraint is not None:
+            constraint.project_(tensor)
         mask = self.masks.get(name)
         if mask is not None:
             if mask.device != tensor.device:  # keep the mask next to the weights (cuda)
@@ -155,6 +185,7 @@ class Op:
     """Base of all ops: parameters as dataclass fields, ``include`` / ``exclude`` selection."""
 
     name: ClassVar[str] = ""
+    STRUCTURAL: ClassVar[bool] = False  # True for ops that physically resize layers
     include: str | None = None
     exclude: str | None = None
 
@@ -275,20 +306,24 @@ class Prune(Op):
 @register
 @dataclass(frozen=True, kw_only=True)
 class Quantize(Op):
-    """Store the selected modules' floating-point parameters in a lower-precision float dtype."""
+    """Store the selected modules' floating-point parameters in a lower-precision dtype.
+
+    ``int8``: Linear / Conv weights as int8 with one scale per output channel
+    (:mod:`operators.quantization`); other parameters stay float32.
+    """
 
     name: ClassVar[str] = "quantize"
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dtype == "int8":
-            raise ValueError(
-                "dtype: int8 is not yet supported; allowed: " + ", ".join(STORAGE_DTYPES)
-            )
-        check_choice("dtype", self.dtype, STORAGE_DTYPES)
+        check_choice("dtype", self.dtype, QUANTIZE_DTYPES)
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
+        if self.dtype == "int8":
+            from operators.quantization import quantize_int8
+
+            return quantize_int8(self, cm)
         dtype = STORAGE_DTYPES[self.dtype]
         names = [
             _param_name(module_name, param_name)
@@ -348,10 +383,11 @@ class Compose:
         self, model: nn.Module, *, example_input: torch.Tensor | None = None
     ) -> CompressedModel:
         """Project a deep copy of ``model`` onto every op's constraint set, in order."""
-        cm = CompressedModel(copy.deepcopy(model))
+        cm = CompressedModel(copy.deepcopy(model), teacher=model)
         cm.example_input = example_input if example_input is not None else infer_example(model)
         for op in self.ops:
             details = op.apply(cm)
+            cm.ops.append(op)
             cm.enforce()
             cm.report.append({"op": op.name, "params": op.params(), **details})
         return cm
@@ -387,6 +423,12 @@ def infer_example(model: nn.Module) -> torch.Tensor | None:
     finally:
         model.train(was_training)
     return None
+
+
+def output_layer(model: nn.Module) -> nn.Module | None:
+    """The last Linear or Conv layer in module order: the network's classifier."""
+    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    return layers[-1] if layers else None
 
 
 def check_unstructured(cm: CompressedModel, op_name: str) -> None:

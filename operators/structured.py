@@ -14,6 +14,8 @@ so a caller can check that removing them equals zeroing them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,16 +30,24 @@ from operators.strategy import (
     check_choice,
     check_number,
     check_unstructured,
+    output_layer,
     register,
 )
 
 _OUT_HANDLERS = ("prune_out_channels",)
 
 
-def output_layer(model: nn.Module) -> nn.Module | None:
-    """The last Linear or Conv layer in module order: the network's classifier."""
-    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
-    return layers[-1] if layers else None
+@contextmanager
+def _quiet_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no warnings inside (torch-pruning traces the model), mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        model.train(was_training)
 
 
 def remove_channels(
@@ -67,27 +77,21 @@ def remove_channels(
         raise ValueError(f"{op.name}: include/exclude selected no prunable layer")
     names = {id(m): n for n, m in model.named_modules()}
     removed: dict[str, list[int]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruner = tp.pruner.MetaPruner(
-                model,
-                cm.example_input.to(next(model.parameters()).device),
-                importance=tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2),
-                pruning_ratio=ratio,
-                ignored_layers=ignored,
-            )
-            for group in pruner.step(interactive=True):
-                for dep, idxs in group:
-                    handler = getattr(dep.handler, "__name__", "")
-                    module = dep.target.module
-                    if handler in _OUT_HANDLERS and id(module) in names:
-                        removed.setdefault(names[id(module)], []).extend(int(i) for i in idxs)
-                group.prune()
-    finally:
-        model.train(was_training)
+    with _quiet_eval(model):
+        pruner = tp.pruner.MetaPruner(
+            model,
+            cm.example_input.to(next(model.parameters()).device),
+            importance=tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2),
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+        )
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                handler = getattr(dep.handler, "__name__", "")
+                module = dep.target.module
+                if handler in _OUT_HANDLERS and id(module) in names:
+                    removed.setdefault(names[id(module)], []).extend(int(i) for i in idxs)
+            group.prune()
     cm.structural = True
     return {name: sorted(set(idx)) for name, idx in removed.items()}
 
@@ -98,6 +102,7 @@ def _summary(cm: CompressedModel, removed: dict[str, list[int]]) -> dict[str, An
 
 @dataclass(frozen=True, kw_only=True)
 class _ChannelPrune(Op):
+    STRUCTURAL: ClassVar[bool] = True
     ratio: float
     criterion: str = "l1"
     LAYERS: ClassVar[tuple[type[nn.Module], ...]] = ()
@@ -139,3 +144,38 @@ def zero_channels(model: nn.Module, removed: dict[str, list[int]]) -> None:
             for param in (getattr(module, "weight", None), getattr(module, "bias", None)):
                 if param is not None:
                     param[idx] = 0
+
+
+def remove_named_channels(cm: CompressedModel, channels: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Physically remove the given output channels of the named conv / Linear layers.
+
+    Dependencies (BatchNorm, the next layer's inputs, flatten) follow through torch-pruning's
+    ``DependencyGraph``; a layer keeps at least one channel and the output layer is never
+    pruned. Returns the channels removed per named layer.
+    """
+    check_unstructured(cm, "remove channels")
+    if cm.example_input is None:
+        raise ValueError("remove channels: cannot trace the model; pass an example input")
+    model = cm.model
+    modules = dict(model.named_modules())
+    last = output_layer(model)
+    removed: dict[str, list[int]] = {}
+    with _quiet_eval(model):
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=cm.example_input.to(next(model.parameters()).device)
+        )
+        for name, idxs in channels.items():
+            module = modules[name]
+            width = module.weight.shape[0]
+            idxs = sorted(set(idxs))[: width - 1]
+            if not idxs or module is last:
+                continue
+            fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else (
+                tp.prune_conv_out_channels
+            )
+            group = graph.get_pruning_group(module, fn, idxs=idxs)
+            if graph.check_pruning_group(group):
+                group.prune()
+                removed[name] = idxs
+    cm.structural = cm.structural or bool(removed)
+    return removed

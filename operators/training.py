@@ -3,7 +3,8 @@
 The hooks: ``after_step`` runs after every optimizer step (fine-tuning uses it to hold the
 compression: masks, storage dtype); ``should_stop`` is polled every few batches and between
 epochs, and a True answer raises :class:`Cancelled`; ``on_progress`` receives the fraction of
-the run done. Shuffling uses its own seeded generator, so a run is reproducible and leaves
+the run done. ``loss`` replaces the cross-entropy (e.g. distillation) and ``build_optimizer``
+the named optimizer (e.g. HSPG). Shuffling uses its own seeded generator, so a run is reproducible and leaves
 torch's global random state alone.
 """
 
@@ -80,6 +81,8 @@ def train(
     after_step: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[float], None] | None = None,
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    build_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> None:
     """Train ``model`` in place on ``dataset``'s train split for ``epochs`` (may be fractional).
 
@@ -97,7 +100,10 @@ def train(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: unknown {schedule!r}; allowed: {', '.join(SCHEDULES)}")
     model.to(device)
-    opt = make_optimizer(model, optimizer, lr, weight_decay)
+    if build_optimizer is not None:
+        opt = build_optimizer(model)
+    else:
+        opt = make_optimizer(model, optimizer, lr, weight_decay)
     n = len(dataset.y_train)
     total_steps = math.ceil(epochs * math.ceil(n / batch_size))
     scheduler = (
@@ -116,7 +122,7 @@ def train(
             x = dataset.x_train[idx].to(device, non_blocking=True)
             y = dataset.y_train[idx].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            (F.cross_entropy(model(x), y) if loss is None else loss(model, x, y)).backward()
             opt.step()
             if scheduler is not None:
                 scheduler.step()

@@ -1,15 +1,17 @@
 """Accuracy against size for each op on MNIST (LeNet-300-100, LeNet-5), masked fine-tuning.
 
     .venv/bin/python -m bench.ops.accuracy [--epochs 2] [--baseline-epochs 8] [--models ...]
+        [--only REGEX] [--lr 1e-3] [--method masked]
 
 Baselines are trained once and cached under ``bench/.cache``. Each row: apply the op at one
-strength to the baseline, fine-tune with the compression held (Adam, lr 1e-3, cosine), write
+strength to the baseline, fine-tune with the compression held (Adam, ``--lr``, cosine), write
 the packed checkpoint, reload it (``runtime="auto"``) and evaluate it on MNIST's test split.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +67,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--models", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--method", default="masked", help="fine-tuning method (masked, kd, ...)")
+    parser.add_argument("--only", default=None, help="regex: run only the rows whose op matches")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = load_dataset("builtin:mnist")
@@ -77,9 +82,12 @@ def main() -> None:
             dense = save_dense_checkpoint(model, Path(tmp) / "d.safetensors", architecture=arch, config={})
             print(f"| {arch} | baseline (dense fp32) | {base_acc:.4f} | 0 | {dense} | 1.0x | |", flush=True)
             for label, steps in STRATEGIES[arch]:
+                if args.only is not None and re.search(args.only, label) is None:
+                    continue
                 start = time.perf_counter()
                 cm = apply_strategy(model, steps, example_input=data.x_val[:1])
-                finetune(cm, data, method="masked", epochs=args.epochs, lr=1e-3, schedule="cosine")
+                finetune(cm, data, method=args.method, epochs=args.epochs, lr=args.lr,
+                         schedule="cosine")  # fmt: skip
                 path = Path(tmp) / "p.safetensors"
                 size = save_checkpoint(cm.__class__(**{**cm.__dict__, "model": cm.model.cpu()}),
                                        path, architecture=arch, config={})  # fmt: skip

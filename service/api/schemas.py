@@ -52,7 +52,12 @@ class Strict(BaseModel):
 class Finetune(Strict):
     """How each candidate recovers accuracy after compression."""
 
-    method: str = Field("masked", description="none, masked (more in later versions)")
+    method: str = Field(
+        "masked",
+        description="none, masked, kd (distillation from the uncompressed model), lc "
+        "(Condensa's learning-compression), admm (ADMM, then masked), hspg (group-sparse "
+        "training that removes conv filters).",
+    )
     epochs: float = Field(1.0, ge=0, le=1000, description="Epochs of fine-tuning (may be fractional).")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate (Adam).")
     batch_size: int = Field(128, ge=1, le=65536)
@@ -61,6 +66,18 @@ class Finetune(Strict):
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="Learning-rate schedule over the fine-tuning run."
     )
+    temperature: float | None = Field(None, gt=0, description="kd: softmax temperature (4).")
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="kd: weight of the distillation term (0.9)."
+    )
+    iterations: int | None = Field(
+        None, ge=1, le=10000, description="lc / admm: outer iterations (10)."
+    )
+    mu_init: float | None = Field(None, gt=0, description="lc: first penalty mu (1e-3).")
+    mu_mult: float | None = Field(None, ge=1, description="lc: mu growth per iteration (1.1).")
+    rho_init: float | None = Field(None, gt=0, description="admm: first penalty rho (1e-4).")
+    rho_final: float | None = Field(None, gt=0, description="admm: last penalty rho (1e-1).")
+    lam: float | None = Field(None, ge=0, description="hspg: group-sparsity weight (1e-3).")
 
 
 class Budget(Strict):

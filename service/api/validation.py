@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from operators.datasets import DatasetError, check_reference
-from operators.finetune import FINETUNE_METHODS
+from operators.finetune import FINETUNE_METHODS, METHOD_FIELDS, method_params
 from operators.strategy import validate_steps
 from search import Candidate, Objective, SearchSettings, SearchSettingsError, SearchSpace
 from search.objective import ObjectiveError
@@ -82,3 +82,9 @@ def validate_job(body: JobCreate, session: Session, settings: Settings) -> None:
             "body.finetune.method",
             f"unknown method {body.finetune.method!r}; allowed: {', '.join(FINETUNE_METHODS)}",
         )
+    extra = body.finetune.model_dump(include=set(METHOD_FIELDS))
+    try:
+        method_params(body.finetune.method, extra)
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise Invalid(f"body.finetune.{field}", str(exc)) from exc

@@ -78,7 +78,8 @@ def test_folding_permutations_between_layers_keeps_outputs():
     mlp = build_model("mlp", {"in_features": 64, "hidden": [48, 40]})
     cm = apply_strategy(mlp, [{"op": "mpd", "blocks": 4}])
     packed = select_runtime(pack_model(cm).eval(), "packed")
-    assert packed.fc1.skip_output_gather and packed.fc2.skip_output_gather
+    assert packed.fc1.skip_output_gather  # fc2 is followed by the dense output layer
+    assert isinstance(packed.fc2, MPDLinear) and not packed.fc2.skip_output_gather
     x = torch.randn(3, 64)
     torch.testing.assert_close(packed(x), cm.model(x), atol=1e-5, rtol=0)
 
@@ -98,3 +99,13 @@ def test_mpd_checkpoint_stores_blocks_and_permutations(tmp_path):
     dense_bytes = 266_610 * 4
     assert path.stat().st_size < dense_bytes / 15  # 1/10 of the weights, in float16
     assert cm.report[0]["density"]["fc1"] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_output_layer_stays_dense_unless_include_names_it():
+    model = build_model("lenet-300-100", {})
+    cm = apply_strategy(model, [{"op": "mpd", "blocks": 10}])
+    assert set(cm.packing) == {"fc1", "fc2"} and "fc3" in cm.report[0]["skipped"]
+    cm = apply_strategy(model, [{"op": "mpd", "blocks": 10, "include": "fc"}])
+    assert set(cm.packing) == {"fc1", "fc2", "fc3"}
+    cm = apply_strategy(model, [{"op": "mpd", "blocks": 10, "exclude": "fc1"}])
+    assert set(cm.packing) == {"fc2"}

@@ -47,7 +47,7 @@ def zeros(tensor: torch.Tensor) -> int:
             [{"op": "prune", "sparsity": 0.5, "include": "fc["}],
             r"^steps\[0\]\.include: invalid regular expression",
         ),
-        ([{"op": "quantize", "dtype": "int8"}], r"^steps\[0\]\.dtype: int8 is not yet supported"),
+        ([{"op": "quantize", "dtype": "int4"}], r"^steps\[0\]\.dtype: must be one of float16, bfloat16, int8"),
         (
             [{"op": "quantize", "dtype": "float8"}],
             r"^steps\[0\]\.dtype: must be one of float16, bfloat16",
