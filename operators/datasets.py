@@ -70,6 +70,12 @@ class Dataset:
         """The shape of one sample, e.g. ``(1, 28, 28)``."""
         return tuple(self.x_train.shape[1:])
 
+    def calibration_batch(self, n: int = 256, seed: int = 0) -> torch.Tensor:
+        """``n`` training samples drawn at random (seeded): an example input for ops that trace
+        the model or need calibration data (e.g. ``criterion: ga``)."""
+        g = torch.Generator().manual_seed(seed)
+        return self.x_train[torch.randperm(len(self.x_train), generator=g)[:n]]
+
 
 def load_dataset(ref: str, data_roots: Sequence[Path] = ()) -> Dataset:
     """Load the dataset named by ``ref`` (see the module docstring for the schemes)."""

@@ -5,7 +5,7 @@ removed, with everything that depends on them (BatchNorm channels, residual addi
 concatenations, the next layer's inputs) found by torch-pruning's ``DependencyGraph``: the
 result is a smaller dense model that runs on ordinary kernels. Every selected layer loses
 ``ratio`` of its output channels, ranked by the ``criterion`` (l1 / l2) norm of their whole
-dependency group. The network's output layer is never pruned.
+dependency group, or chosen by a genetic algorithm (``ga``, see :mod:`operators.ga_prune`). The network's output layer is never pruned.
 
 The report lists, per module, the output channels removed (indices into the original layer),
 so a caller can check that removing them equals zeroing them.
@@ -110,9 +110,13 @@ class _ChannelPrune(Op):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_number("ratio", self.ratio, 0.0, 1.0)
-        check_choice("criterion", self.criterion, ("l1", "l2"))
+        check_choice("criterion", self.criterion, ("l1", "l2", "ga"))
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
+        if self.criterion == "ga":
+            from operators.ga_prune import ga_remove_channels
+
+            return _summary(cm, ga_remove_channels(cm, self, self.LAYERS, self.ratio))
         return _summary(cm, remove_channels(cm, self, self.LAYERS, self.ratio, self.criterion))
 
 

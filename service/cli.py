@@ -154,7 +154,7 @@ def _apply(args: argparse.Namespace) -> int:
         )
     baseline = {"accuracy": evaluate(model, dataset, device=device)["accuracy"],
                 "size_bytes": dense_bytes}  # fmt: skip
-    cm = apply_strategy(model.cpu(), steps, example_input=dataset.x_val[:1])
+    cm = apply_strategy(model.cpu(), steps, example_input=dataset.calibration_batch())
     finetune(cm, dataset, method=spec.pop("method", "masked"), seed=args.seed, device=device, **spec)
     cm.model.to("cpu")
     size = save_checkpoint(

@@ -120,7 +120,7 @@ def run_trial(
     started = time.perf_counter()
     model = load_model(source)
     dataset = load_dataset(dataset_ref, data_roots)
-    compressed = apply_strategy(model, steps, example_input=dataset.x_val[:1])
+    compressed = apply_strategy(model, steps, example_input=dataset.calibration_batch())
     spec = dict(finetune_spec)
     method = spec.pop("method", "masked")
     finetune(
