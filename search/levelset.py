@@ -24,8 +24,11 @@ from botorch.models import ModelListGP
 from torch import Tensor
 from torch.distributions import Normal
 
-from .objective import Constraint
 from .space import SearchSpace
+
+#: ``(output column, bound, sign)`` per constraint bound in modelled units, as from
+#: :func:`.warp.warped_bounds`: the bound holds where ``sign * (z - bound) <= 0``.
+Bounds = Sequence[tuple[int, float, int]]
 
 __all__ = ["feasibility", "level_set_points", "objective_points", "unit_grid"]
 
@@ -42,32 +45,18 @@ def unit_grid(space: SearchSpace) -> Tensor:
     return torch.unique(grid.reshape(-1)).unsqueeze(-1)
 
 
-def _bounds(constraints: Sequence[Constraint], names: list[str]) -> list[tuple[int, float, int]]:
-    """``(output index, bound, sign)`` per bound: the bound holds where ``sign * (y - bound) <= 0``."""
-    bounds = []
-    for c in constraints:
-        j = names.index(c.metric)
-        if c.max is not None:
-            bounds.append((j, c.max, 1))
-        if c.min is not None:
-            bounds.append((j, c.min, -1))
-    return bounds
-
-
 def _posterior(model: ModelListGP, X: Tensor) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         posterior = model.posterior(X)
         return posterior.mean, posterior.variance.clamp_min(1e-12).sqrt()
 
 
-def feasibility(
-    model: ModelListGP, X: Tensor, constraints: Sequence[Constraint], names: list[str]
-) -> Tensor:
+def feasibility(model: ModelListGP, X: Tensor, bounds: Bounds) -> Tensor:
     """Probability that every bound holds at each row of ``X`` (outputs independent)."""
     mean, std = _posterior(model, X)
     normal = Normal(torch.zeros((), dtype=X.dtype), torch.ones((), dtype=X.dtype))
     p = torch.ones(X.shape[0], dtype=X.dtype)
-    for j, bound, sign in _bounds(constraints, names):
+    for j, bound, sign in bounds:
         p = p * normal.cdf(sign * (bound - mean[:, j]) / std[:, j])
     return p
 
@@ -82,26 +71,16 @@ def resolved(p: Tensor, grid: Tensor, tolerance: float) -> bool:
     return unclassified.numel() == 0 or float(unclassified.max() - unclassified.min()) < tolerance
 
 
-def _straddle(
-    model: ModelListGP,
-    grid: Tensor,
-    constraints: Sequence[Constraint],
-    names: list[str],
-    scales: Tensor,
-) -> Tensor:
+def _straddle(model: ModelListGP, grid: Tensor, bounds: Bounds, scales: Tensor) -> Tensor:
     mean, std = _posterior(model, grid)
-    scores = [
-        (_Z * std[:, j] - (mean[:, j] - bound).abs()) / scales[j]
-        for j, bound, _ in _bounds(constraints, names)
-    ]
+    scores = [(_Z * std[:, j] - (mean[:, j] - bound).abs()) / scales[j] for j, bound, _ in bounds]
     return torch.stack(scores).amax(dim=0)
 
 
 def level_set_points(
     model: ModelListGP,
     grid: Tensor,
-    constraints: Sequence[Constraint],
-    names: list[str],
+    bounds: Bounds,
     scales: Tensor,
     X_pending: Tensor | None,
     n: int,
@@ -114,7 +93,7 @@ def level_set_points(
     share of the unclassified interval (at least ``tolerance``) are left out: the straddle
     score peaks where the mean crosses the bound, so fantasies alone would repeat a point.
     """
-    unclassified = grid[_unclassified(feasibility(model, grid, constraints, names))]
+    unclassified = grid[_unclassified(feasibility(model, grid, bounds))]
     width = float(unclassified.max() - unclassified.min()) if unclassified.numel() else 0.0
     n_points = n + (0 if X_pending is None else X_pending.shape[0])
     radius = max(tolerance, 0.5 * width / n_points)
@@ -122,7 +101,7 @@ def level_set_points(
     fantasies = X_pending
     for _ in range(n):
         current = model if fantasies is None else _with_fantasies(model, fantasies)
-        scores = _straddle(current, grid, constraints, names, scales)
+        scores = _straddle(current, grid, bounds, scales)
         if fantasies is not None:
             near = (grid - fantasies.reshape(1, -1)).abs().amin(dim=-1) < radius
             if not bool(near.all()):
@@ -153,13 +132,14 @@ def objective_points(
     may = torch.nonzero(feasible_probability >= MAY_BE_FEASIBLE).reshape(-1)
     upper = int(may.max()) if may.numel() else 0
     candidates = grid[: upper + 1]
-    base_pending = acqf.X_pending
+    base_pending = getattr(acqf, "X_pending", None)
     chosen: list[tuple[Tensor, float]] = []
-    for _ in range(n):
+    for i in range(n):
         with torch.no_grad():
             values = acqf(candidates.unsqueeze(-2))
         best = int(values.argmax())
         chosen.append((candidates[best : best + 1], float(values[best])))
-        batch = torch.cat([x for x, _ in chosen])
-        acqf.set_X_pending(batch if base_pending is None else torch.cat([base_pending, batch]))
+        if i + 1 < n:
+            batch = torch.cat([x for x, _ in chosen])
+            acqf.set_X_pending(batch if base_pending is None else torch.cat([base_pending, batch]))
     return chosen

@@ -6,11 +6,18 @@ one) and the pending ones (candidates being evaluated), and returns ``n`` new ca
 1. While fewer than ``n_initial`` trials exist (finished + pending), scrambled Sobol points:
    point number ``len(history) + len(pending) + i`` of the sequence seeded by ``seed``.
 2. Then BoTorch: one GP per modelled metric (a ``SingleTaskGP`` with ``Standardize`` in a
-   ``ModelListGP``), for the objective metric(s) and each constrained metric, and
+   ``ModelListGP``), for the objective metric(s) and each constrained metric, each metric
+   first warped by a monotone map (:mod:`.warp`: log of positive objectives, a log around
+   the bound for constraints; bounds warped alike). Beyond ``fit_subset`` trials the
+   hyperparameters are fitted on a seeded subset and the acquisition effort is capped. Then
 
-   * ``qLogNoisyExpectedImprovement`` with constraints for a single objective, or
+   * ``qLogNoisyExpectedImprovement`` with constraints for a single objective (the analytic
+     ``LogConstrainedExpectedImprovement``/``LogExpectedImprovement`` for one point with
+     nothing pending), or
    * ``qLogNoisyExpectedHypervolumeImprovement`` with constraints for a Pareto objective
-     (reference point: the observed nadir minus 10% of the range),
+     (``qLogExpectedHypervolumeImprovement`` over the front of the posterior means for one
+     point with nothing pending; reference point: the nadir of the feasible trials minus 10%
+     of the range, in modelled units),
 
    optimised sequentially-greedy over the unit cube with the pending points as ``X_pending``;
    the strategy column and the columns of choices of strings are categorical: a categorical
@@ -31,13 +38,17 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.analytic import LogConstrainedExpectedImprovement, LogExpectedImprovement
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.multi_objective.logei import (
+    qLogExpectedHypervolumeImprovement,
+    qLogNoisyExpectedHypervolumeImprovement,
+)
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.fit import fit_gpytorch_mll
@@ -45,13 +56,15 @@ from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
 from botorch.optim import optimize_acqf, optimize_acqf_mixed
 from botorch.sampling import SobolQMCNormalSampler
+from botorch.utils.multi_objective.box_decompositions import FastNondominatedPartitioning
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
 from . import levelset
-from .objective import Constraint, Objective
+from .objective import Objective
 from .pareto import infer_reference
 from .space import Candidate, SearchSpace
+from .warp import OutputWarp, choose_warps, warped_bounds
 
 __all__ = [
     "SEARCH_METHODS",
@@ -74,10 +87,12 @@ class Observation:
 
 @dataclass
 class Proposal:
-    """A proposed candidate and why: ``reason`` holds ``method`` (``"sobol"``, ``"qLogNEI"``,
-    ``"qLogNEHVI"``, ``"random-fallback"``), ``acquisition_value``, ``predicted`` (posterior
-    ``{metric: {"mean", "std"}}`` in the metric's units), ``n_observations`` and, for a
-    fallback, ``error``."""
+    """A proposed candidate and why: ``reason`` holds ``method`` (``"sobol"``, ``"LogCEI"``,
+    ``"LogEI"``, ``"qLogNEI"``, ``"qLogEHVI"``, ``"qLogNEHVI"``, ``"level-set"``,
+    ``"random-fallback"``), ``acquisition_value``, ``predicted`` (posterior
+    ``{metric: {"mean", "std"}}`` in the metric's units; for a warped metric the mean is the
+    posterior median and the std half the image of mean +- one std), ``n_observations``
+    and, for a fallback, ``error``."""
 
     candidate: Candidate
     reason: dict[str, Any]
@@ -114,6 +129,10 @@ class SearchSettings:
     maxiter: int = 100
     #: L-BFGS iterations of each GP's marginal-likelihood fit.
     fit_maxiter: int = 75
+    #: Beyond this many trials, each GP's hyperparameters are fitted on a seeded subset of
+    #: this size and then used with every trial (the fit is the cost that grows fastest),
+    #: and the acquisition effort is capped by :data:`LARGE_HISTORY_EFFORT`.
+    fit_subset: int = 40
     level_set_trials: int = 4
     level_set_tolerance: float = 0.01
     #: torch intra-op threads while fitting and optimising; the matrices are tiny, and more
@@ -141,6 +160,15 @@ class SearchSettings:
             )
         return cls(method=method)
 
+    def for_history(self, n_observations: int) -> SearchSettings:
+        """These settings with the effort capped by :data:`LARGE_HISTORY_EFFORT` once the
+        history is larger than ``fit_subset``: by then the model is sharp, and each
+        evaluation of the acquisition costs in proportion to the history."""
+        if n_observations <= self.fit_subset:
+            return self
+        capped = {k: min(getattr(self, k), v) for k, v in LARGE_HISTORY_EFFORT.items()}
+        return replace(self, **capped)
+
     def check(self, space: SearchSpace, objective: Objective) -> None:
         """Raise :class:`SearchSettingsError` if the method does not fit the job."""
         if self.method == "two-phase":
@@ -162,6 +190,15 @@ class SearchSettings:
 
 
 DEFAULT_SETTINGS = SearchSettings()
+#: Caps on the acquisition effort beyond ``fit_subset`` trials (keeps a call under a second
+#: of CPU at 200 trials, see bench/README.md).
+LARGE_HISTORY_EFFORT = {
+    "num_restarts": 2,
+    "raw_samples": 128,
+    "mc_samples": 32,
+    "maxiter": 40,
+    "fit_maxiter": 20,
+}
 _SEED_MODULUS = 2**31
 
 
@@ -343,70 +380,151 @@ def _training_data(
     return X, Y, names
 
 
-def _fit_model(X: Tensor, Y: Tensor, cat_dims: list[int], settings: SearchSettings) -> ModelListGP:
-    """One GP per output column, outcomes standardised, each fitted by marginal likelihood
-    on its own (faster than one joint fit) with at most ``settings.fit_maxiter`` L-BFGS steps.
+def _gp(X: Tensor, y: Tensor, cat_dims: list[int]) -> SingleTaskGP:
+    """An unfitted GP of one output column, outcome standardised. Inputs are already in the
+    unit cube, so there is no input scaling; categorical columns (``cat_dims``) get a
+    categorical kernel (``MixedSingleTaskGP``) instead of a distance."""
+    if cat_dims and len(cat_dims) < X.shape[-1]:
+        return MixedSingleTaskGP(X, y, cat_dims=cat_dims, outcome_transform=Standardize(m=1))
+    return SingleTaskGP(X, y, outcome_transform=Standardize(m=1))
 
-    Inputs are already in the unit cube, so there is no input scaling; categorical columns
-    (``cat_dims``) get a categorical kernel (``MixedSingleTaskGP``) instead of a distance.
+
+def _fit_model(
+    X: Tensor, Y: Tensor, cat_dims: list[int], settings: SearchSettings, seed: int
+) -> ModelListGP:
+    """One GP per output column, each fitted by marginal likelihood on its own (faster than
+    one joint fit) with at most ``settings.fit_maxiter`` L-BFGS steps.
+
+    With more than ``settings.fit_subset`` rows, the hyperparameters are fitted on a subset
+    (seeded by ``seed``) and loaded into a GP of every row: the posterior still uses all
+    the data, and the fit costs what it costs at ``fit_subset`` trials.
     """
+    subset = None
+    if X.shape[0] > settings.fit_subset:
+        generator = torch.Generator().manual_seed(seed)
+        subset = torch.randperm(X.shape[0], generator=generator)[: settings.fit_subset]
     models = []
     for j in range(Y.shape[-1]):
         y = Y[:, j : j + 1]
-        if cat_dims and len(cat_dims) < X.shape[-1]:
-            gp = MixedSingleTaskGP(X, y, cat_dims=cat_dims, outcome_transform=Standardize(m=1))
-        else:
-            gp = SingleTaskGP(X, y, outcome_transform=Standardize(m=1))
+        gp = _gp(X, y, cat_dims) if subset is None else _gp(X[subset], y[subset], cat_dims)
         fit_gpytorch_mll(
             ExactMarginalLogLikelihood(gp.likelihood, gp),
             optimizer_kwargs={"options": {"maxiter": settings.fit_maxiter}},
         )
+        if subset is not None:
+            fitted = {
+                k: v for k, v in gp.state_dict().items() if not k.startswith("outcome_transform")
+            }
+            gp = _gp(X, y, cat_dims)
+            gp.load_state_dict(fitted, strict=False)
+            gp.eval()
         models.append(gp)
     return ModelListGP(*models)
 
 
 def _constraint_callables(
-    constraints: Sequence[Constraint], names: list[str]
+    bounds: Sequence[tuple[int, float, int]],
 ) -> list[Callable[[Tensor], Tensor]]:
-    """BoTorch constraints: each callable is <= 0 where the bound holds."""
+    """BoTorch constraints from :func:`.warp.warped_bounds`: each callable is <= 0 where
+    its bound holds."""
 
-    def upper(Z: Tensor, j: int, bound: float) -> Tensor:
-        return Z[..., j] - bound
+    def violation(Z: Tensor, j: int, bound: float, sign: int) -> Tensor:
+        return sign * (Z[..., j] - bound)
 
-    def lower(Z: Tensor, j: int, bound: float) -> Tensor:
-        return bound - Z[..., j]
+    return [lambda Z, j=j, b=b, s=s: violation(Z, j, b, s) for j, b, s in bounds]
 
-    callables = []
-    for c in constraints:
-        j = names.index(c.metric)
-        if c.max is not None:
-            callables.append(lambda Z, j=j, b=c.max: upper(Z, j, b))
-        if c.min is not None:
-            callables.append(lambda Z, j=j, b=c.min: lower(Z, j, b))
-    return callables
+
+def _analytic_constraints(
+    bounds: Sequence[tuple[int, float, int]], objective_column: int
+) -> dict[int, tuple[float | None, float | None]] | None:
+    """The ``{column: (lower, upper)}`` of BoTorch's analytic ``LogConstrainedExpectedImprovement``
+    (the tightest bounds per column), or None where it cannot express them: a constrained
+    objective column, or an empty interval."""
+    intervals: dict[int, tuple[float | None, float | None]] = {}
+    for j, bound, sign in bounds:
+        if j == objective_column:
+            return None
+        low, high = intervals.get(j, (None, None))
+        if sign > 0:
+            high = bound if high is None else min(high, bound)
+        else:
+            low = bound if low is None else max(low, bound)
+        if low is not None and high is not None and high <= low:
+            return None
+        intervals[j] = (low, high)
+    return intervals
+
+
+@dataclass
+class _Fitted:
+    """The model and what is needed to read it: the training inputs, the modelled metrics
+    (``names``), their warps, the constraint bounds in modelled units, and which training
+    rows were observed feasible."""
+
+    model: ModelListGP
+    X: Tensor
+    Z: Tensor
+    names: list[str]
+    warps: list[OutputWarp]
+    bounds: list[tuple[int, float, int]]
+    feasible: Tensor
+
+
+def _fit(
+    space: SearchSpace,
+    objective: Objective,
+    history: Sequence[Observation],
+    settings: SearchSettings,
+    seed: int,
+) -> _Fitted:
+    """Warp the observed metrics (:mod:`.warp`) and fit one GP per modelled metric."""
+    X, Y, names = _training_data(space, objective, history)
+    warps = choose_warps(objective, names, Y)
+    Z = torch.stack([w.transform(Y[:, j]) for j, w in enumerate(warps)], dim=-1)
+    model = _fit_model(X, Z, space.categorical_columns, settings, seed)
+    feasible = torch.tensor([objective.is_feasible(obs.metrics) for obs in history])
+    return _Fitted(model, X, Z, names, warps, warped_bounds(objective, names, warps), feasible)
 
 
 def _acquisition(
-    model: ModelListGP,
+    fitted: _Fitted,
     objective: Objective,
-    history: Sequence[Observation],
-    X: Tensor,
     X_pending: Tensor | None,
-    names: list[str],
+    n: int,
     seed: int,
     settings: SearchSettings,
 ) -> tuple[AcquisitionFunction, str]:
-    """The acquisition function and its short name for ``reason["method"]``."""
-    sampler = SobolQMCNormalSampler(sample_shape=torch.Size([settings.mc_samples]), seed=seed)
-    constraints = _constraint_callables(objective.constraints, names) or None
+    """The acquisition function and its short name for ``reason["method"]``.
+
+    One point with nothing pending is measured against the posterior mean of the trials
+    observed feasible, and so needs no joint sampling of the history: the analytic
+    ``LogConstrainedExpectedImprovement`` (or ``LogExpectedImprovement``) for a single
+    objective, ``qLogEHVI`` over the front of those means for a Pareto objective (several
+    times cheaper than ``qLogNEHVI`` at 200 trials). Batches and pending points get the
+    noisy Monte-Carlo ``qLogNEI``/``qLogNEHVI``, which integrate over the history.
+    """
     signs = torch.tensor(
         [1.0 if goal == "max" else -1.0 for _, goal in objective.metrics], dtype=torch.double
     )
     if objective.kind == "single":
+        maximize = bool(signs[0] > 0)
+        intervals = _analytic_constraints(fitted.bounds, 0)
+        if n == 1 and X_pending is None and intervals is not None:
+            best_f = _best_posterior_mean(fitted, maximize)
+            if intervals:
+                analytic: AcquisitionFunction = LogConstrainedExpectedImprovement(
+                    fitted.model, best_f, 0, intervals, maximize=maximize
+                )
+                return analytic, "LogCEI"
+            return LogExpectedImprovement(fitted.model, best_f, maximize=maximize), "LogEI"
+
+    sampler = SobolQMCNormalSampler(sample_shape=torch.Size([settings.mc_samples]), seed=seed)
+    constraints = _constraint_callables(fitted.bounds) or None
+    if objective.kind == "single":
         sign = float(signs[0])
         acqf = qLogNoisyExpectedImprovement(
-            model=model,
-            X_baseline=X,
+            model=fitted.model,
+            X_baseline=fitted.X,
             sampler=sampler,
             objective=GenericMCObjective(lambda Z, X=None: sign * Z[..., 0]),
             X_pending=X_pending,
@@ -415,29 +533,52 @@ def _acquisition(
         )
         return acqf, "qLogNEI"
 
-    metrics = [obs.metrics for obs in history]
-    feasible = [m for m in metrics if objective.is_feasible(m)]
+    k = len(objective.metrics)
+    rows = [dict(zip(objective.metric_names, z[:k].tolist(), strict=True)) for z in fitted.Z]
+    feasible = [row for row, ok in zip(rows, fitted.feasible.tolist(), strict=True) if ok]
     reference = infer_reference(feasible, objective.metrics) or infer_reference(
-        metrics, objective.metrics
+        rows, objective.metrics
     )
     if reference is None:
         raise _NotEnoughData("no trial has finite values for every Pareto metric")
     ref_point = signs * torch.tensor(
         [reference[m] for m, _ in objective.metrics], dtype=torch.double
     )
+    objective_mc = WeightedMCMultiOutputObjective(weights=signs, outcomes=list(range(k)))
+    if n == 1 and X_pending is None and bool(fitted.feasible.any()):
+        with torch.no_grad():
+            means = fitted.model.posterior(fitted.X[fitted.feasible]).mean[:, :k] * signs
+        partitioning = FastNondominatedPartitioning(ref_point=ref_point, Y=means)
+        ehvi = qLogExpectedHypervolumeImprovement(
+            model=fitted.model,
+            ref_point=ref_point,
+            partitioning=partitioning,
+            sampler=sampler,
+            objective=objective_mc,
+            constraints=constraints,
+        )
+        return ehvi, "qLogEHVI"
     acqf = qLogNoisyExpectedHypervolumeImprovement(
-        model=model,
+        model=fitted.model,
         ref_point=ref_point,
-        X_baseline=X,
+        X_baseline=fitted.X,
         sampler=sampler,
-        objective=WeightedMCMultiOutputObjective(
-            weights=signs, outcomes=list(range(len(objective.metrics)))
-        ),
+        objective=objective_mc,
         constraints=constraints,
         X_pending=X_pending,
         prune_baseline=True,
     )
     return acqf, "qLogNEHVI"
+
+
+def _best_posterior_mean(fitted: _Fitted, maximize: bool) -> float:
+    """The incumbent of analytic EI on noisy data: the best posterior mean of the objective
+    among the trials observed feasible (the worst one over all trials if none is)."""
+    with torch.no_grad():
+        mean = fitted.model.posterior(fitted.X).mean[:, 0]
+    signed = mean if maximize else -mean
+    best = signed[fitted.feasible].max() if bool(fitted.feasible.any()) else signed.min()
+    return float(best if maximize else -best)
 
 
 def _optimize_one(
@@ -500,24 +641,24 @@ def _propose_with_model(
 ) -> list[Proposal]:
     """Fit, optimise ``n`` points sequentially, and describe them; a proposal that repeats a
     pending or just proposed candidate (``taken``) is replaced by an unexplored Sobol point."""
-    X, Y, names = _training_data(space, objective, history)
-    model = _fit_model(X, Y, space.categorical_columns, settings)
+    settings = settings.for_history(len(history))
+    fitted = _fit(space, objective, history, settings, seed)
+    model, names = fitted.model, fitted.names
     X_pending = torch.stack([space.encode(c) for c in pending]) if pending else None
-    acqf, method = _acquisition(model, objective, history, X, X_pending, names, seed, settings)
+    acqf, method = _acquisition(fitted, objective, X_pending, n, seed, settings)
     extra: dict[str, Any] = {}
     if settings.method == "two-phase":
         grid = levelset.unit_grid(space)
-        feasible = levelset.feasibility(model, grid, objective.constraints, names)
+        feasible = levelset.feasibility(model, grid, fitted.bounds)
         n_seen = len(history) + len(pending)
         if n_seen < n_initial + settings.level_set_trials and not levelset.resolved(
             feasible, grid, settings.level_set_tolerance
         ):
-            scales = Y.std(dim=0).clamp_min(1e-12)
+            scales = fitted.Z.std(dim=0).clamp_min(1e-12)
             picks = levelset.level_set_points(
                 model,
                 grid,
-                objective.constraints,
-                names,
+                fitted.bounds,
                 scales,
                 X_pending,
                 n,
@@ -531,14 +672,17 @@ def _propose_with_model(
             extra = {"phase": 2, "upper_bound": bound.params if bound else None}
     else:
         picks = []
-        for _ in range(n):  # sequential greedy: each point is pending for the next
+        for i in range(n):  # sequential greedy: each point is pending for the next
             picks.append(_optimize_one(acqf, space, settings))
-            batch = torch.cat([x for x, _ in picks])
-            acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
+            if i + 1 < n:
+                batch = torch.cat([x for x, _ in picks])
+                acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
 
     points = torch.cat([x for x, _ in picks])
-    posterior = model.posterior(points)
-    mean, std = posterior.mean.detach(), posterior.variance.detach().clamp_min(0).sqrt()
+    with torch.no_grad():
+        posterior = model.posterior(points)
+        mean, std = posterior.mean, posterior.variance.clamp_min(0).sqrt()
+    described = [w.describe(mean[:, j], std[:, j]) for j, w in enumerate(fitted.warps)]
     n_seen = len(history) + len(pending)
     fallback = _sobol_candidates(space, seed, n_seen + n, explored)
     proposals = []
@@ -557,8 +701,8 @@ def _propose_with_model(
         taken.add(candidate.key())
         explored.add(candidate.key())
         predicted = {
-            name: {"mean": _json_number(mean[i, j]), "std": _json_number(std[i, j])}
-            for j, name in enumerate(names)
+            name: {"mean": _json_number(m[i]), "std": _json_number(sd[i])}
+            for name, (m, sd) in zip(names, described, strict=True)
         }
         reason = _reason(method, history, acquisition_value=value, predicted=predicted)
         proposals.append(Proposal(candidate, {**reason, **extra}))

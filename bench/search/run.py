@@ -175,6 +175,7 @@ def main() -> None:
                 score(problem, METHODS[method_name](problem, seed)) for seed in range(args.seeds)
             ]
             entry = {
+                "kind": problem.kind,
                 "scores": scores,
                 "median": statistics.median(scores),
                 "min": min(scores),
@@ -186,17 +187,41 @@ def main() -> None:
             print(problem_name, method_name, entry, flush=True)
 
 
+SCORE_NAMES = {
+    "reach": "evaluations to reach the target (lower is better; budget + 1 = never)",
+    "hypervolume": "feasible hypervolume / best known (higher is better)",
+}
+
+
+def _ratio(ours: float, other: float) -> str:
+    """``ours / other`` as ``"1.23x"``, or why there is no ratio."""
+    if other > 0:
+        return f"{ours / other:.2f}x"
+    return "unbounded (its median is 0)" if ours > 0 else "undefined (both medians are 0)"
+
+
 def markdown(results: dict) -> str:
-    """The results as one markdown table per problem (median and min-max over seeds)."""
+    """The results as one markdown table per problem (median and min-max over seeds); for a
+    hypervolume problem, our median against TPE's and random search's."""
     lines = []
     for problem_name, methods in results.items():
-        lines += [f"**{problem_name}**", "", "| method | median | min - max | seeds | seconds |"]
+        kind = next((e["kind"] for e in methods.values() if "kind" in e), None)
+        title = f"**{problem_name}**" + (f": {SCORE_NAMES[kind]}" if kind else "")
+        lines += [title, "", "| method | median | min - max | seeds | seconds |"]
         lines.append("|---|---|---|---|---|")
         for method_name, e in methods.items():
             lines.append(
                 f"| {method_name} | {e['median']:.3g} | {e['min']:.3g} - {e['max']:.3g} "
                 f"| {len(e['scores'])} | {e['seconds']:.0f} |"
             )
+        ours = methods.get("ours", {}).get("median")
+        if kind == "hypervolume" and ours is not None:
+            ratios = [
+                f"{other} {_ratio(ours, methods[other]['median'])}"
+                for other in ("tpe", "random")
+                if other in methods
+            ]
+            lines += ["", "Median hypervolume of ours against " + ", ".join(ratios) + "."]
         lines.append("")
     return "\n".join(lines)
 

@@ -4,11 +4,20 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
-from search import Candidate, Objective, Observation, SearchSpace, best_feasible, propose
+from search import (
+    Candidate,
+    Objective,
+    Observation,
+    SearchSettings,
+    SearchSpace,
+    best_feasible,
+    propose,
+)
 from search.optimizer import _training_data
 
 ONE_D = SearchSpace.from_spec(
@@ -93,19 +102,21 @@ def test_default_n_initial_follows_dimension():
         "sobol"
     ] * 3
     history = run_history(ONE_D, 2)
-    assert propose(ONE_D, CONSTRAINED, history, [], 1, seed=0)[0].reason["method"] == "qLogNEI"
+    assert propose(ONE_D, CONSTRAINED, history, [], 1, seed=0)[0].reason["method"] == "LogCEI"
     history = run_history(THREE_D, 3)
     assert propose(THREE_D, CONSTRAINED, history, [], 1, seed=0)[0].reason["method"] == "sobol"
 
 
-def test_model_phase_is_deterministic_distinct_and_respects_pending():
+def test_model_phase_is_deterministic_distinct_and_respects_pending(fast):
     history = run_history(THREE_D, 8)
     rng_before = torch.get_rng_state()
-    proposals = propose(THREE_D, CONSTRAINED, history, [], 3, seed=3)
+    proposals = propose(THREE_D, CONSTRAINED, history, [], 3, seed=3, settings=fast)
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert [p.reason["method"] for p in proposals] == ["qLogNEI"] * 3
     assert len(set(keys(proposals))) == 3
-    assert keys(proposals) == keys(propose(THREE_D, CONSTRAINED, history, [], 3, seed=3))
+    assert keys(proposals) == keys(
+        propose(THREE_D, CONSTRAINED, history, [], 3, seed=3, settings=fast)
+    )
     reason = proposals[0].reason
     assert reason["n_observations"] == 8 and math.isfinite(reason["acquisition_value"])
     assert set(reason["predicted"]) == {"compression_ratio", "accuracy_drop"}
@@ -117,11 +128,15 @@ def test_model_phase_is_deterministic_distinct_and_respects_pending():
             p.candidate.params["1.bits"], int
         )
     pending = [proposals[0].candidate]
-    again = propose(THREE_D, CONSTRAINED, history, pending, 1, seed=3)
+    again = propose(THREE_D, CONSTRAINED, history, pending, 1, seed=3, settings=fast)
     assert again[0].candidate != pending[0]
+    assert again[0].reason["method"] == "qLogNEI"  # pending points need Monte Carlo
+    # one point and nothing pending: the analytic constrained EI
+    (single,) = propose(THREE_D, CONSTRAINED, history, [], 1, seed=3, settings=fast)
+    assert single.reason["method"] == "LogCEI" and math.isfinite(single.reason["acquisition_value"])
 
 
-def test_failed_and_nan_observations_do_not_crash():
+def test_failed_and_nan_observations_do_not_crash(fast):
     history = run_history(THREE_D, 6)
     c = history[0].candidate
     history += [
@@ -130,7 +145,7 @@ def test_failed_and_nan_observations_do_not_crash():
         Observation(history[2].candidate, {"compression_ratio": 2.0}),  # constraint metric missing
         Observation(history[3].candidate, {"compression_ratio": 2.0, "accuracy_drop": math.inf}),
     ]
-    proposals = propose(THREE_D, CONSTRAINED, history, [], 2, seed=0)
+    proposals = propose(THREE_D, CONSTRAINED, history, [], 2, seed=0, settings=fast)
     assert len(proposals) == 2
     assert [p.reason["method"] for p in proposals] == ["qLogNEI"] * 2
 
@@ -197,7 +212,7 @@ def test_constrained_1d_toy_reaches_the_optimum_in_ten_evaluations():
     assert statistics.median(gaps) < 0.03, gaps
 
 
-def test_pareto_objective_proposes_with_hypervolume():
+def test_pareto_objective_proposes_with_hypervolume(fast):
     objective = Objective.from_spec(
         {
             "pareto": [
@@ -210,17 +225,25 @@ def test_pareto_objective_proposes_with_hypervolume():
     history = run_history(THREE_D, 8) + [
         Observation(run_history(THREE_D, 1, seed=9)[0].candidate, None)
     ]
-    proposals = propose(THREE_D, objective, history, [history[0].candidate], 2, seed=1)
+    proposals = propose(
+        THREE_D, objective, history, [history[0].candidate], 2, seed=1, settings=fast
+    )
     assert [p.reason["method"] for p in proposals] == ["qLogNEHVI"] * 2
     assert set(proposals[0].reason["predicted"]) == {"accuracy", "size_bytes", "accuracy_drop"}
     assert len(set(keys(proposals))) == 2
+    # one point, nothing pending: EHVI over the front of the posterior means
+    (single,) = propose(THREE_D, objective, history, [], 1, seed=1, settings=fast)
+    assert single.reason["method"] == "qLogEHVI"
+    assert single.candidate.key() not in {o.candidate.key() for o in history}
+    # size_bytes is modelled in log space; its prediction is back in bytes
+    assert 1e5 < single.reason["predicted"]["size_bytes"]["mean"] < 1e6
 
 
-def test_several_strategies_including_one_without_parameters():
+def test_several_strategies_including_one_without_parameters(fast):
     objective = Objective.from_spec({"minimize": "size_bytes"})
     history = run_history(TWO_STRATEGIES, 6)
     assert {o.candidate.strategy for o in history} >= {"prune", "mpd"}
-    proposals = propose(TWO_STRATEGIES, objective, history, [], 2, seed=0)
+    proposals = propose(TWO_STRATEGIES, objective, history, [], 2, seed=0, settings=fast)
     assert [p.reason["method"] for p in proposals] == ["qLogNEI"] * 2
     for p in proposals:
         steps = TWO_STRATEGIES.materialize(p.candidate)  # a valid candidate of its strategy
@@ -232,7 +255,7 @@ def test_several_strategies_including_one_without_parameters():
 def test_any_integer_seed_works(seed):
     for history in ([], run_history(ONE_D, 3)):
         proposals = propose(ONE_D, CONSTRAINED, history, [], 1, seed=seed)
-        assert proposals[0].reason["method"] in ("sobol", "qLogNEI")
+        assert proposals[0].reason["method"] in ("sobol", "LogCEI")
 
 
 def test_space_without_free_parameters():
@@ -241,6 +264,24 @@ def test_space_without_free_parameters():
     )
     proposals = propose(space, Objective.from_spec({"maximize": "accuracy"}), [], [], 2, seed=0)
     assert [p.candidate for p in proposals] == [Candidate("fp16", {})] * 2
+
+
+def test_large_history_fits_on_a_subset_and_caps_the_effort(fast):
+    settings = replace(fast, fit_subset=8)
+    assert settings.for_history(8) is settings
+    capped = SearchSettings().for_history(65)
+    assert (capped.num_restarts, capped.mc_samples, capped.maxiter, capped.fit_maxiter) == (
+        2,
+        32,
+        40,
+        20,
+    )
+    history = run_history(THREE_D, 14)
+    first = propose(THREE_D, CONSTRAINED, history, [], 1, seed=5, settings=settings)
+    assert first[0].reason["method"] == "LogCEI"
+    assert keys(first) == keys(
+        propose(THREE_D, CONSTRAINED, history, [], 1, seed=5, settings=settings)
+    )
 
 
 def test_propose_with_thirty_observations_is_fast():
@@ -254,7 +295,7 @@ def test_propose_with_thirty_observations_is_fast():
     assert min(timings) < 3.0, timings
 
 
-def test_small_discrete_space_keeps_proposing_json_ready_reasons():
+def test_small_discrete_space_keeps_proposing_json_ready_reasons(fast):
     space = SearchSpace.from_spec(
         {
             "strategies": [
@@ -268,7 +309,7 @@ def test_small_discrete_space_keeps_proposing_json_ready_reasons():
     objective = Objective.from_spec({"maximize": "compression_ratio"})
     history: list[Observation] = []
     for _ in range(4):
-        proposals = propose(space, objective, history, [], 2, seed=0)
+        proposals = propose(space, objective, history, [], 2, seed=0, settings=fast)
         assert len(proposals) == 2
         json.dumps([p.reason for p in proposals], allow_nan=False)
         blocks = [p.candidate.params["0.blocks"] for p in proposals]
