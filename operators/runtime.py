@@ -84,7 +84,8 @@ class BatchDispatch(nn.Module):
         return self.choose(x.shape[0])(x)
 
     def extra_repr(self) -> str:
-        return f"packed at batches {[b for b, w in zip(self.batches, self.packed_wins, strict=True) if w]}"
+        wins = [b for b, w in zip(self.batches, self.packed_wins, strict=True) if w]
+        return f"packed at batches {wins}"
 
 
 def dispatch(dense: nn.Module, packed: nn.Module, packed_wins: Sequence[bool]) -> nn.Module:
