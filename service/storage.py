@@ -19,10 +19,6 @@ from sqlalchemy.orm import Session
 from service.db import Artifact
 
 
-class UploadTooLarge(ValueError):
-    """An upload passed the configured byte limit."""
-
-
 class ArtifactStore:
     """A folder of artifacts; `path_for` and `register` are all the workers need."""
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
-from service.storage import UploadTooLarge
+from service.api.errors import ApiError
 
 
-async def copy_upload(upload: UploadFile, path: Path, limit: int) -> int:
-    """Copy `upload` to `path` in 1 MiB chunks; UploadTooLarge past `limit` bytes."""
+async def copy_upload(upload: UploadFile, path: Path, limit: int, field: str) -> int:
+    """Copy `upload` to `path` in 1 MiB chunks; a 413 naming `field` past `limit` bytes."""
     written = 0
     with open(path, "wb") as fh:
         while chunk := await upload.read(1 << 20):
             written += len(chunk)
             if written > limit:
-                raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes")
+                raise ApiError(413, f"the upload is larger than the limit of {limit} bytes", field)
             fh.write(chunk)
     return written

@@ -63,3 +63,17 @@ def test_bad_uploads_are_refused_and_not_kept(app_client) -> None:  # noqa: ANN0
         reply = client.post("/v1/datasets", files={"file": ("d.npz", data)})
         assert reply.status_code == 422 and reply.json()["errors"][0]["field"] == "file"
     assert not any((Path(settings.artifact_root) / "dataset").glob("*.npz"))
+
+
+def test_uploads_over_the_limit_are_413_and_not_kept(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, max_upload_bytes=1000)
+    with TestClient(create_app(settings)) as client:
+        reply = client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(**good_arrays()))})
+        assert reply.status_code == 413 and reply.json()["errors"][0]["field"] == "file"
+        reply = client.post(
+            "/v1/models",
+            data={"architecture": "mlp", "config": "{}"},
+            files={"weights": ("w.safetensors", b"x" * 2000)},
+        )
+        assert reply.status_code == 413 and reply.json()["errors"][0]["field"] == "weights"
+    assert not [p for p in Path(settings.artifact_root).rglob("*") if p.is_file()]

@@ -8,13 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 from pydantic import BaseModel, Field
 
-from operators.datasets import DatasetError, load_dataset
+from operators.datasets import Dataset, DatasetError, load_dataset
 from service.api.deps import SessionDep, SettingsDep, StoreDep
-from service.api.errors import ApiError, Invalid, NotFound
+from service.api.errors import Invalid, NotFound
 from service.api.uploads import copy_upload
 from service.datasets import UPLOAD_KIND, UPLOAD_SCHEME
 from service.db import Artifact
-from service.storage import UploadTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -29,8 +28,11 @@ class DatasetPublic(BaseModel):
     num_classes: int
 
 
-def _describe(artifact: Artifact, path: Path) -> DatasetPublic:
-    data = load_dataset(f"npz:{path.name}", [path.parent])
+def _load(path: Path) -> Dataset:
+    return load_dataset(f"npz:{path.name}", [path.parent])
+
+
+def _describe(artifact: Artifact, data: Dataset) -> DatasetPublic:
     return DatasetPublic(
         id=artifact.id,
         ref=f"{UPLOAD_SCHEME}:{artifact.id}",
@@ -51,17 +53,14 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Upload a dataset; it is checked (loaded without pickle) before it is accepted."""
     with store.writing(UPLOAD_KIND, ".npz") as (tmp, relative):
+        await copy_upload(file, tmp, settings.max_upload_bytes, "file")
         try:
-            await copy_upload(file, tmp, settings.max_upload_bytes)
-        except UploadTooLarge as exc:
-            raise ApiError(413, str(exc), "file") from exc
-        try:
-            load_dataset(f"npz:{tmp.name}", [tmp.parent])
+            data = _load(tmp)  # checked once, before it is accepted
         except (DatasetError, ValueError, OSError) as exc:
             raise Invalid("file", f"not a usable .npz dataset: {exc}") from exc
     artifact = store.register(session, UPLOAD_KIND, relative)
     session.commit()
-    return _describe(artifact, store.resolve(relative))
+    return _describe(artifact, data)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
@@ -70,4 +69,4 @@ def get_dataset(dataset_id: int, session: SessionDep, store: StoreDep) -> Datase
     artifact = session.get(Artifact, dataset_id)
     if artifact is None or artifact.kind != UPLOAD_KIND:
         raise NotFound("dataset", dataset_id)
-    return _describe(artifact, store.resolve(artifact.path))
+    return _describe(artifact, _load(store.resolve(artifact.path)))

@@ -13,11 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from operators.zoo import build_model
 from service.api.deps import SessionDep, SettingsDep, StoreDep
-from service.api.errors import ApiError, Invalid, NotFound
+from service.api.errors import Invalid, NotFound
 from service.api.schemas import ModelPublic
 from service.api.uploads import copy_upload
 from service.db import Artifact, ModelRecord
-from service.storage import UploadTooLarge
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -77,10 +76,7 @@ async def register_model(
         field = "architecture" if "architecture" in str(exc) else "config"
         raise Invalid(field, str(exc)) from exc
     with store.writing("weights") as (tmp, relative):
-        try:
-            await copy_upload(weights, tmp, settings.max_upload_bytes)
-        except UploadTooLarge as exc:
-            raise ApiError(413, str(exc), "weights") from exc
+        await copy_upload(weights, tmp, settings.max_upload_bytes, "weights")
         state = _read_weights(tmp, weights.filename or "", settings.trusted_uploads)
         try:
             model.load_state_dict(state, strict=True)
