@@ -1,10 +1,10 @@
-"""Alembic environment: runs migrations against the URL given by service.db (or the settings)."""
+"""Alembic environment: migrates the URL given by service.core.db (or by the settings)."""
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from service.db import Base
-from service.settings import get_settings
+from service.core.db import Base
+from service.core.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -25,52 +25,55 @@ save the packed checkpoint, measure. In a notebook::
 
 Or with op objects (Condensa-like: ops project, the checkpoint packs, the report tells)::
 
-    from operators import MPD, Compose, Prune, Quantize
+    from operators import MPD, Compose, Quantize, packed_model
     cm = Compose([MPD(blocks=10), Quantize(dtype="float16")]).apply(model)
     finetune(cm, data, method="masked", epochs=2)
-    fast = cm.packed()          # runnable, packed where that was measured faster
+    fast = packed_model(cm)     # runnable, packed where that was measured faster
     print(cm.report)
 
-Modules: :mod:`~operators.zoo` (architectures), :mod:`~operators.datasets` (dataset
-references), :mod:`~operators.training` (the training loop), :mod:`~operators.strategy`
-(ops and strategies), :mod:`~operators.pruning` (block and N:M), :mod:`~operators.mpd`
-(MPDCompress), :mod:`~operators.structured` (neuron and filter removal),
-:mod:`~operators.finetune`, :mod:`~operators.packed` (packed module kinds),
-:mod:`~operators.runtime` (packed or dense, measured), :mod:`~operators.checkpoint` (the
-packed file format), :mod:`~operators.metrics` (the job-spec metrics).
+Layout (each layer imports only the ones below it; ``make test`` checks it):
+
+- :mod:`operators.ops`: one folder per op (algorithm, op, packed kinds), registering itself;
+- :mod:`operators.train`: the training loop and fine-tuning methods;
+- :mod:`operators.metrics`: the job-spec metrics (size, MACs, measured latency, accuracy);
+- :mod:`operators.format`: codecs, stored layers, the checkpoint;
+- :mod:`operators.runtime`: packing, packed-or-dense choice per layer and batch size;
+- :mod:`operators.core`: compressed-model state, the op protocol, the one registry, strategies;
+- :mod:`operators.models` (the zoo) and :mod:`operators.data` (dataset references).
 """
 
-from operators.checkpoint import (
+from operators import ops as ops  # registers every op and packed kind
+from operators.core.model import CompressedModel, Constraint, PackSpec
+from operators.core.op import Op
+from operators.core.registry import OPS
+from operators.core.strategy import Compose, apply_strategy, parse_steps, validate_steps
+from operators.data.datasets import Dataset, DatasetError, check_reference, load_dataset
+from operators.format.checkpoint import (
     load_checkpoint,
     load_weights,
     read_manifest,
     save_checkpoint,
     save_dense_checkpoint,
 )
-from operators.datasets import Dataset, DatasetError, check_reference, load_dataset
-from operators.finetune import FINETUNE_METHODS, finetune
 from operators.metrics import compute_metrics, count_macs, count_params, evaluate, measure_latency
-from operators.mpd import MPD
-from operators.pruning import BlockPrune, NMPrune
-from operators.quantization import Cluster
-from operators.strategy import (
-    OPS,
-    Compose,
-    CompressedModel,
-    Op,
-    Prune,
-    Quantize,
-    apply_strategy,
-    validate_steps,
-)
-from operators.structured import FilterPrune, NeuronPrune
-from operators.training import Cancelled, train
-from operators.unification import Unify
-from operators.zoo import ARCHITECTURES, build_model
+from operators.models.zoo import ARCHITECTURES, build_model
+from operators.ops.channels.op import FilterPrune, NeuronPrune
+from operators.ops.cluster.op import Cluster
+from operators.ops.lowrank.op import LowRank
+from operators.ops.mpd.op import MPD
+from operators.ops.prune.block import BlockPrune
+from operators.ops.prune.magnitude import Prune
+from operators.ops.prune.nm import NMPrune
+from operators.ops.quantize.op import Quantize
+from operators.ops.unify.op import Unify
+from operators.runtime import pack_model, packed_model, select_runtime
+from operators.train.finetune import FINETUNE_METHODS, METHOD_FIELDS, finetune, method_params
+from operators.train.loop import Cancelled, train
 
 __all__ = [
     "ARCHITECTURES",
     "FINETUNE_METHODS",
+    "METHOD_FIELDS",
     "MPD",
     "OPS",
     "BlockPrune",
@@ -78,12 +81,15 @@ __all__ = [
     "Cluster",
     "Compose",
     "CompressedModel",
+    "Constraint",
     "Dataset",
     "DatasetError",
     "FilterPrune",
+    "LowRank",
     "NMPrune",
     "NeuronPrune",
     "Op",
+    "PackSpec",
     "Prune",
     "Quantize",
     "Unify",
@@ -99,9 +105,14 @@ __all__ = [
     "load_dataset",
     "load_weights",
     "measure_latency",
+    "method_params",
+    "pack_model",
+    "packed_model",
+    "parse_steps",
     "read_manifest",
     "save_checkpoint",
     "save_dense_checkpoint",
+    "select_runtime",
     "train",
     "validate_steps",
 ]

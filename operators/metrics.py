@@ -20,24 +20,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from operators.datasets import Dataset
-from operators.packed import PackedModule, SparseLinear
-from operators.runtime import stored_parameters
+from operators.core.modes import eval_mode
+from operators.core.registry import PackedModule
+from operators.data.datasets import Dataset
+from operators.runtime import SparseLinear, stored_parameters
 
 MAC_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-class _EvalMode:
-    """Context manager: put a model in eval mode and restore its previous mode on exit."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> nn.Module:
-        return self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
 
 
 def _sync(device: torch.device) -> None:
@@ -57,7 +45,7 @@ def evaluate(
     model.to(device)
     n = len(dataset.y_val)
     correct, loss_sum = 0, 0.0
-    with _EvalMode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, n, batch_size):
             x = dataset.x_val[start : start + batch_size].to(device)
             y = dataset.y_val[start : start + batch_size].to(device)
@@ -106,7 +94,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         if isinstance(m, (*MAC_LAYERS, PackedModule))
     ]
     try:
-        with _EvalMode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(torch.zeros(1, *input_shape, device=device))
     finally:
         for handle in handles:
@@ -128,7 +116,7 @@ def measure_latency(
     model.to(device)
     x = torch.randn(batch_size, *input_shape, device=device)
     times = []
-    with _EvalMode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
@@ -145,22 +133,25 @@ def compute_metrics(
     dataset: Dataset,
     *,
     checkpoint_path: Path,
-    baseline: dict,
+    baseline: dict | None = None,
     device: str | torch.device = "cpu",
     latency_batch_size: int = 1,
 ) -> dict[str, float | int]:
-    """Every job-spec metric but ``duration_s``; ``baseline`` holds the dense model's
-    ``accuracy`` and ``size_bytes``."""
+    """Every job-spec metric but ``duration_s``. ``baseline`` holds the dense model's
+    ``accuracy`` and ``size_bytes``; ``accuracy_drop`` and ``compression_ratio`` are given
+    only where the baseline figure they derive from is (not None)."""
+    baseline = baseline or {}
     quality = evaluate(model, dataset, device=device)
     params, nonzero = count_params(model)
     size = os.path.getsize(checkpoint_path)
+    metrics: dict[str, float | int] = {**quality}
+    if baseline.get("accuracy") is not None:
+        metrics["accuracy_drop"] = baseline["accuracy"] - quality["accuracy"]
+    metrics |= {"params": params, "nonzero_params": nonzero, "size_bytes": size}
+    if baseline.get("size_bytes") is not None:
+        metrics["compression_ratio"] = baseline["size_bytes"] / size
     return {
-        **quality,
-        "accuracy_drop": baseline["accuracy"] - quality["accuracy"],
-        "params": params,
-        "nonzero_params": nonzero,
-        "size_bytes": size,
-        "compression_ratio": baseline["size_bytes"] / size,
+        **metrics,
         "macs": count_macs(model, dataset.input_shape),
         **measure_latency(model, dataset.input_shape, batch_size=latency_batch_size, device=device),
     }

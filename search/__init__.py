@@ -17,11 +17,11 @@ the trials so far, and it proposes the next candidates. An ask/tell loop on a to
     best = history[best_feasible(history, objective)]   # s close to 0.5 ** (1 / 3)
 """
 
-from .objective import METRICS, Constraint, Objective, ObjectiveError
+from .metric_table import METRIC_TABLE, METRICS, Metric
+from .objective import Constraint, Objective, ObjectiveError
+from .observation import Observation, Proposal
 from .optimizer import (
     SEARCH_METHODS,
-    Observation,
-    Proposal,
     SearchSettings,
     SearchSettingsError,
     default_n_initial,
@@ -33,9 +33,11 @@ from .stopping import progress_curve, stop_reason
 
 __all__ = [
     "METRICS",
+    "METRIC_TABLE",
     "SEARCH_METHODS",
     "Candidate",
     "Constraint",
+    "Metric",
     "Objective",
     "ObjectiveError",
     "Observation",

@@ -7,33 +7,19 @@ Parsed from the job's ``objective`` JSON:
 * ``{"pareto": [{"metric": "accuracy", "goal": "max"}, {"metric": "size_bytes", "goal": "min"}],
   "constraints": [...]}``
 
-Every trial records every metric of :data:`METRICS`; the objective picks among them.
+Every trial records every metric of :data:`.metric_table.METRICS`; the objective picks among
+them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["METRICS", "Constraint", "Goal", "Objective", "ObjectiveError"]
+from .metric_table import METRICS, Goal, is_finite
 
-METRICS: tuple[str, ...] = (
-    "accuracy",
-    "accuracy_drop",
-    "loss",
-    "params",
-    "nonzero_params",
-    "size_bytes",
-    "compression_ratio",
-    "macs",
-    "latency_ms",
-    "throughput",
-    "duration_s",
-)
-
-Goal = Literal["max", "min"]
+__all__ = ["Constraint", "Objective", "ObjectiveError"]
 
 
 class ObjectiveError(ValueError):
@@ -55,7 +41,7 @@ class Constraint:
 
     def holds(self, value: float) -> bool:
         """Whether a finite ``value`` satisfies the bounds (NaN/inf never do)."""
-        if not _finite(value):
+        if not is_finite(value):
             return False
         value = float(value)
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
@@ -142,18 +128,9 @@ class Objective:
         """
         if metrics is None:
             return False
-        if not all(_finite(metrics.get(name)) for name in self.metric_names):
+        if not all(is_finite(metrics.get(name)) for name in self.metric_names):
             return False
         return all(c.holds(metrics.get(c.metric)) for c in self.constraints)
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, bool) or value is None:
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _metric(name: Any, where: str) -> str:
@@ -165,7 +142,7 @@ def _metric(name: Any, where: str) -> str:
 def _number(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    if not _finite(value):
+    if not is_finite(value):
         raise ObjectiveError(where, "must be a finite number")
     return float(value)
 

@@ -1,7 +1,8 @@
 """Stateless ask-style optimiser: propose the next candidates from a history of trials.
 
-:func:`propose` sees the finished trials (:class:`Observation`, ``metrics=None`` for a failed
-one) and the pending ones (candidates being evaluated), and returns ``n`` new candidates:
+:func:`propose` sees the finished trials (:class:`.observation.Observation`, ``metrics=None``
+for a failed one) and the pending ones (candidates being evaluated), and returns ``n`` new
+candidates (:class:`.observation.Proposal`, each with the reason it was chosen):
 
 1. While fewer than ``n_initial`` trials exist (finished + pending), scrambled Sobol points:
    point number ``len(history) + len(pending) + i`` of the sequence seeded by ``seed``.
@@ -61,41 +62,20 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
 from . import levelset
+from .metric_table import is_finite
 from .objective import Objective
+from .observation import Observation, Proposal
 from .pareto import infer_reference
 from .space import Candidate, SearchSpace
 from .warp import OutputWarp, choose_warps, warped_bounds
 
 __all__ = [
     "SEARCH_METHODS",
-    "Observation",
-    "Proposal",
     "SearchSettings",
     "SearchSettingsError",
     "default_n_initial",
     "propose",
 ]
-
-
-@dataclass
-class Observation:
-    """A finished trial: its candidate and its metrics (None when the trial failed)."""
-
-    candidate: Candidate
-    metrics: dict[str, float] | None
-
-
-@dataclass
-class Proposal:
-    """A proposed candidate and why: ``reason`` holds ``method`` (``"sobol"``, ``"LogCEI"``,
-    ``"LogEI"``, ``"qLogNEI"``, ``"qLogEHVI"``, ``"qLogNEHVI"``, ``"level-set"``,
-    ``"random-fallback"``), ``acquisition_value``, ``predicted`` (posterior
-    ``{metric: {"mean", "std"}}`` in the metric's units; for a warped metric the mean is the
-    posterior median and the std half the image of mean +- one std), ``n_observations``
-    and, for a fallback, ``error``."""
-
-    candidate: Candidate
-    reason: dict[str, Any]
 
 
 SEARCH_METHODS = ("bo", "two-phase")
@@ -322,16 +302,7 @@ def _sobol_candidates(
 
 def _json_number(value: Any) -> float | None:
     """``float(value)``, or None where JSON has no number for it (NaN, inf, None)."""
-    return float(value) if _finite(value) else None
-
-
-def _finite(value: Any) -> bool:
-    if value is None or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+    return float(value) if is_finite(value) else None
 
 
 def _failure_fill(name: str, values: Tensor, objective: Objective) -> float:
@@ -359,7 +330,7 @@ def _training_data(
     """``n x d`` inputs and ``n x m`` outputs (objective metrics, then constrained ones)."""
     names = objective.modelled_metrics
     usable = [
-        obs.metrics is not None and all(_finite(obs.metrics.get(m)) for m in names)
+        obs.metrics is not None and all(is_finite(obs.metrics.get(m)) for m in names)
         for obs in history
     ]
     if sum(usable) < 2:

@@ -1,24 +1,24 @@
 """Pareto fronts, hypervolume and the best feasible trial of a history.
 
 Points are metric dicts (``{"accuracy": 0.98, "size_bytes": 1.2e5}``); goals are
-``(metric, "max" | "min")`` pairs. Points with a missing or non-finite goal metric are never
-on a front and add no hypervolume.
+``(metric, "max" | "min")`` pairs. Points with a missing or non-finite goal metric
+(:func:`.metric_table.finite_values`) are never on a front and add no hypervolume. The
+history helpers (:func:`feasible_front`, :func:`best_feasible`) take lists of
+:class:`.observation.Observation` and answer indices into them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from botorch.utils.multi_objective.hypervolume import Hypervolume
 from botorch.utils.multi_objective.pareto import is_non_dominated
 
-from .objective import Goal, Objective
-
-if TYPE_CHECKING:
-    from .optimizer import Observation
+from .metric_table import Goal, finite_values
+from .objective import Objective
+from .observation import Observation
 
 __all__ = ["best_feasible", "feasible_front", "hypervolume", "infer_reference", "pareto_front"]
 
@@ -27,21 +27,10 @@ def _signed(
     point: Mapping[str, Any] | None, goals: Sequence[tuple[str, Goal]]
 ) -> list[float] | None:
     """The point's goal values turned into maximisation, or None if any is unusable."""
-    if point is None:
+    values = finite_values(point, [name for name, _ in goals])
+    if values is None:
         return None
-    values = []
-    for name, goal in goals:
-        value = point.get(name)
-        if value is None or isinstance(value, bool):
-            return None
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return None
-        if not math.isfinite(value):
-            return None
-        values.append(value if goal == "max" else -value)
-    return values
+    return [v if goal == "max" else -v for v, (_, goal) in zip(values, goals, strict=True)]
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -109,10 +98,16 @@ def infer_reference(
     return reference
 
 
-def feasible_front(history: Sequence[Observation], objective: Objective) -> list[int]:
-    """Indices of the feasible observations that are non-dominated on the objective metrics."""
+def feasible_front(
+    history: Sequence[Observation],
+    objective: Objective,
+    goals: Sequence[tuple[str, Goal]] | None = None,
+) -> list[int]:
+    """Indices (ascending) of the feasible observations that are non-dominated on ``goals``
+    (default: the objective's metrics)."""
+    goals = objective.metrics if goals is None else goals
     feasible = [i for i, obs in enumerate(history) if objective.is_feasible(obs.metrics)]
-    front = pareto_front([history[i].metrics for i in feasible], objective.metrics)
+    front = pareto_front([history[i].metrics for i in feasible], goals)
     return [feasible[j] for j in front]
 
 
@@ -122,11 +117,6 @@ def best_feasible(history: Sequence[Observation], objective: Objective) -> int |
     For a Pareto objective, "best" is the feasible front point best on the first metric.
     """
     name, goal = objective.metrics[0]
-    best, best_value = None, -math.inf
-    for i, obs in enumerate(history):
-        if not objective.is_feasible(obs.metrics):
-            continue
-        value = float(obs.metrics[name]) * (1.0 if goal == "max" else -1.0)
-        if value > best_value:
-            best, best_value = i, value
-    return best
+    sign = 1.0 if goal == "max" else -1.0
+    front = feasible_front(history, objective)
+    return max(front, key=lambda i: sign * float(history[i].metrics[name]), default=None)

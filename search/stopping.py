@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .objective import Objective
+from .observation import Observation
 from .pareto import hypervolume, infer_reference
-
-if TYPE_CHECKING:
-    from .optimizer import Observation
 
 __all__ = ["progress_curve", "stop_reason"]
 

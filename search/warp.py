@@ -4,9 +4,10 @@ A stationary GP on raw outputs fits compression landscapes badly: the compressio
 like ``1 / (1 - sparsity)`` (2 to 100+ over a typical range) and the accuracy drop is flat,
 then steep. So before fitting, each modelled metric is warped by a strictly increasing map:
 
-* ``log``: an objective metric that is positive by nature (:data:`POSITIVE_METRICS`) and
-  positive in every observation, when its bounds (if any) are positive too. The argmax, the
-  feasible set and the Pareto front are unchanged.
+* ``log``: an objective metric that is positive by nature (:data:`POSITIVE_METRICS`, those
+  marked ``positive`` in :data:`.metric_table.METRIC_TABLE`) and positive in every
+  observation, when its bounds (if any) are positive too. The argmax, the feasible set and
+  the Pareto front are unchanged.
 * ``bilog`` around the bound: a metric that is only constrained, by a single bound ``b``,
   becomes ``sign(y - b) * log(1 + |y - b| / scale)``: linear within ``scale`` of the bound,
   logarithmic beyond, so a few far-off points (a collapsed model's 50 % drop) no longer
@@ -28,23 +29,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .metric_table import METRIC_TABLE
 from .objective import Objective
 
 __all__ = ["POSITIVE_METRICS", "OutputWarp", "choose_warps", "warped_bounds"]
 
 #: Metrics that are positive by nature and vary over orders of magnitude.
-POSITIVE_METRICS = frozenset(
-    {
-        "params",
-        "nonzero_params",
-        "size_bytes",
-        "compression_ratio",
-        "macs",
-        "latency_ms",
-        "throughput",
-        "duration_s",
-    }
-)
+POSITIVE_METRICS = frozenset(name for name, m in METRIC_TABLE.items() if m.positive)
 
 
 @dataclass(frozen=True)

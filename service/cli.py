@@ -19,13 +19,13 @@ import logging
 import sys
 from pathlib import Path
 
-from service.settings import get_settings
+from service.core.settings import get_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.api import create_app
+    from service.main import create_app
 
     settings = get_settings()
     uvicorn.run(
@@ -38,9 +38,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from service.db import check_schema
+    from service.core.db import check_schema
     from workers.celery_app import app
-    from workers.dispatch import QUEUE
+    from workers.celery_config import QUEUE
 
     settings = get_settings()
     if settings.embedded:
@@ -61,7 +61,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from service.db import schema_status, upgrade
+    from service.core.db import schema_status, upgrade
 
     settings = get_settings()
     if args.action == "upgrade":
@@ -74,8 +74,8 @@ def _db(args: argparse.Namespace) -> int:
 def _apikey(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from service.auth import create_api_key
-    from service.db import ApiKey, db_now, prepare_database, session_scope
+    from service.core.auth import create_api_key
+    from service.core.db import ApiKey, db_now, prepare_database, session_scope
 
     settings = get_settings()
     prepare_database(settings.database_url, auto_upgrade=settings.is_sqlite)
@@ -100,22 +100,22 @@ def _apikey(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from operators.checkpoint import load_checkpoint
-    from operators.datasets import load_dataset
-    from operators.metrics import compute_metrics
+    from operators import compute_metrics, load_checkpoint, load_dataset
 
     settings = get_settings()
     device = torch.device(args.device)
     model, manifest = load_checkpoint(Path(args.checkpoint), device=device)
     dataset = load_dataset(args.dataset, settings.data_roots)
-    baseline = manifest.get("metadata", {}).get("baseline") or {}
-    if args.baseline_accuracy is not None:
-        baseline["accuracy"] = args.baseline_accuracy
+    recorded = (manifest.get("metadata") or {}).get("baseline") or {}
+    given = {"accuracy": args.baseline_accuracy, "size_bytes": args.baseline_size_bytes}
+    baseline = {
+        name: given[name] if given[name] is not None else recorded.get(name) for name in given
+    }
     metrics = compute_metrics(
         model,
         dataset,
         checkpoint_path=Path(args.checkpoint),
-        baseline=baseline,
+        baseline=baseline,  # a missing figure leaves out the metric derived from it
         device=device,
         latency_batch_size=args.batch_size,
     )
@@ -136,11 +136,15 @@ def _apply(args: argparse.Namespace) -> int:
 
     import torch
 
-    from operators.checkpoint import load_weights, save_checkpoint, save_dense_checkpoint
-    from operators.datasets import load_dataset
-    from operators.finetune import finetune
-    from operators.metrics import evaluate
-    from operators.strategy import apply_strategy
+    from operators import (
+        apply_strategy,
+        evaluate,
+        finetune,
+        load_dataset,
+        load_weights,
+        save_checkpoint,
+        save_dense_checkpoint,
+    )
 
     config = _json_arg(args.config, "config")
     steps = _json_arg(args.strategy, "strategy")
@@ -211,7 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="e.g. builtin:mnist")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of latency_ms")
-    p.add_argument("--baseline-accuracy", type=float, default=None)
+    p.add_argument(
+        "--baseline-accuracy",
+        type=float,
+        default=None,
+        help="accuracy of the uncompressed model (default: the one the checkpoint records); "
+        "without either, accuracy_drop is left out",
+    )
+    p.add_argument(
+        "--baseline-size-bytes",
+        type=int,
+        default=None,
+        help="size of the dense fp32 checkpoint (default: the one the checkpoint records); "
+        "without either, compression_ratio is left out",
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("apply", help="compress a model with a strategy and write its checkpoint")

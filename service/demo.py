@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from service.api.schemas import EXAMPLE_JOB
-from service.settings import Settings, get_settings
+from service.core.settings import Settings, get_settings
 
 ARCHITECTURE = "lenet-300-100"
 DATASET = "builtin:mnist"
@@ -43,10 +43,7 @@ def baseline_weights(settings: Settings, console: Console, seed: int = 0) -> Pat
     import torch
     from safetensors.torch import save_file
 
-    from operators.datasets import load_dataset
-    from operators.metrics import evaluate
-    from operators.training import train
-    from operators.zoo import build_model
+    from operators import build_model, evaluate, load_dataset, train
 
     path = settings.home / "baselines" / f"{ARCHITECTURE}-mnist-seed{seed}.safetensors"
     if path.exists():
@@ -81,7 +78,7 @@ class LocalServer:
     def __init__(self, settings: Settings, port: int) -> None:
         import uvicorn
 
-        from service.api import create_app
+        from service.main import create_app
 
         self.port = port or _free_port()
         config = uvicorn.Config(
@@ -167,9 +164,7 @@ def _pareto_table(front: dict[str, Any]) -> Table:
 
 def run_demo(trials: int = 10, epochs: float = 2.0, seed: int = 0, port: int = 0) -> int:
     """Run the demo; returns the process exit code (0 when a feasible result was found)."""
-    from operators.checkpoint import load_checkpoint
-    from operators.datasets import load_dataset
-    from operators.metrics import evaluate
+    from operators import evaluate, load_checkpoint, load_dataset
 
     started = time.perf_counter()
     for noisy in ("httpx", "alembic"):

@@ -166,9 +166,9 @@ def train_small_model(path: Path, architecture: str, config: dict, dataset: str,
     import torch
     from safetensors.torch import save_file
 
-    from operators.datasets import load_dataset
-    from operators.training import train
-    from operators.zoo import build_model
+    from operators.data.datasets import load_dataset
+    from operators.models.zoo import build_model
+    from operators.train.loop import train
 
     torch.manual_seed(0)
     model = build_model(architecture, config)
@@ -185,3 +185,79 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_small_model(
         path, "mlp", {"in_features": 64, "hidden": [64], "num_classes": 10}, "builtin:digits", 15
     )
+
+
+class RecordingDispatcher:
+    """A `Dispatcher` that collects what would be enqueued, so the test decides what runs."""
+
+    def __init__(self) -> None:
+        self.advanced: list[int] = []
+        self.evaluations: list[tuple[int, int]] = []
+
+    def advance_job(self, job_id: int) -> None:
+        self.advanced.append(job_id)
+
+    def evaluate_trial(self, trial_id: int, attempt: int) -> None:
+        self.evaluations.append((trial_id, attempt))
+
+
+DIGITS_JOB_SPEC = {
+    "dataset": "builtin:digits",
+    "objective": {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.05}]},
+    "search_space": {"strategies": [{"name": "p", "steps": [{"op": "prune", "sparsity": {"min": 0.2, "max": 0.8}}]}]},
+    "finetune": {"method": "masked", "epochs": 1, "lr": 1e-3, "batch_size": 64},
+    "budget": {"max_trials": 3, "max_parallel": 2},
+}
+
+
+@pytest.fixture
+def digits_job(tmp_path: Path, digits_model: Path):  # noqa: ANN201
+    """(settings, job id): a migrated SQLite database with the digits model and a queued job
+    of 3 trials, 2 at a time, for driving workers.jobs directly."""
+    from service.core.db import Job, ModelRecord, session_scope, upgrade
+    from service.core.settings import Settings
+    from service.core.storage import ArtifactStore
+
+    settings = Settings(home=tmp_path, lease_seconds=60, max_attempts=2)
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    store = ArtifactStore(settings.artifact_root)
+    with store.writing("weights") as (tmp, relative):
+        tmp.write_bytes(digits_model.read_bytes())
+    with session_scope(settings.database_url) as session:
+        artifact = store.register(session, "weights", relative)
+        model = ModelRecord(
+            name="m", architecture="mlp", params=0, weights_artifact_id=artifact.id,
+            config={"in_features": 64, "hidden": [64], "num_classes": 10},
+        )  # fmt: skip
+        session.add(model)
+        session.flush()
+        job = Job(model_id=model.id, spec=DIGITS_JOB_SPEC, seed=3)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    return settings, job_id
+
+
+def trials_of(settings, job_id: int) -> list:  # noqa: ANN001
+    """The job's trials, read in a fresh session."""
+    from service.core import repository
+    from service.core.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        return repository.job_trials(session, job_id)
+
+
+def expire_lease(settings, trial_id: int) -> None:  # noqa: ANN001
+    """Make the trial look like its worker died: running, with a lease already past."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.core.db import Trial, db_now, session_scope
+
+    with session_scope(settings.database_url) as session:
+        past = db_now(session) - timedelta(seconds=5)
+        session.execute(
+            update(Trial).where(Trial.id == trial_id).values(state="running", lease_expires_at=past)
+        )

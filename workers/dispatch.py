@@ -1,38 +1,35 @@
-"""Enqueueing follow-up work: Celery messages (distributed) or in-process threads (embedded).
+"""The concrete dispatchers: Celery messages (distributed) or in-process threads (embedded).
 
-Messages are only hints (the rows are the truth), so sending one twice does no harm. Callers
-send only after the transaction that wrote the rows has committed.
+Both implement `service.core.dispatch.Dispatcher`; the composition root (`service.main`) picks
+one. Messages are only hints (the rows are the truth), so sending one twice does no harm. Callers send only after the transaction that wrote the rows has committed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any
 
-from service.settings import Settings
+from celery import Celery
+
+from service.core.settings import Settings
+from workers import jobs
+from workers.celery_config import ADVANCE_JOB, EVALUATE_TRIAL, QUEUE, make_celery
 
 log = logging.getLogger(__name__)
-
-ADVANCE_JOB = "autocompress.advance_job"
-EVALUATE_TRIAL = "autocompress.evaluate_trial"
-QUEUE = "autocompress"
-
-
-class Dispatcher(Protocol):
-    def advance_job(self, job_id: int) -> None: ...
-
-    def evaluate_trial(self, trial_id: int, attempt: int) -> None: ...
 
 
 class CeleryDispatcher:
     """Sends JSON task messages to the broker; any `autocompress worker` picks them up."""
 
-    def __init__(self, settings: Settings) -> None:
-        from workers.celery_app import make_celery
+    def __init__(self, app: Celery) -> None:
+        self.app = app
 
-        self.app = make_celery(settings)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CeleryDispatcher:
+        return cls(make_celery(settings))
 
     def advance_job(self, job_id: int) -> None:
         self.app.send_task(ADVANCE_JOB, args=[job_id], queue=QUEUE)
@@ -42,42 +39,43 @@ class CeleryDispatcher:
 
 
 class LocalDispatcher:
-    """Runs the same work in threads of this process: trials on a pool, job advancing on one thread."""
+    """Runs the same work in threads of this process: trials on a pool, job advancing on one
+    thread. Work is accepted between `start()` and `shutdown()`; what arrives outside is
+    dropped (the rows keep it, and the sweeper re-sends it at the next start-up)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._trials = ThreadPoolExecutor(max(1, settings.embedded_workers), "trial")
-        self._control = ThreadPoolExecutor(1, "advance")
-        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._trials: ThreadPoolExecutor | None = None
+        self._control: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._trials is None:
+                self._trials = ThreadPoolExecutor(max(1, self.settings.embedded_workers), "trial")
+                self._control = ThreadPoolExecutor(1, "advance")
 
     def advance_job(self, job_id: int) -> None:
-        from workers import jobs
-
-        self._submit(self._control, jobs.advance_job, self.settings, self, job_id)
+        self._submit("_control", jobs.advance_job, job_id)
 
     def evaluate_trial(self, trial_id: int, attempt: int) -> None:
-        from workers import jobs
+        self._submit("_trials", jobs.evaluate_trial, trial_id, attempt)
 
-        self._submit(self._trials, jobs.evaluate_trial, self.settings, self, trial_id, attempt)
-
-    def _submit(self, pool: ThreadPoolExecutor, fn, *args) -> None:  # noqa: ANN001
-        if self._closed.is_set():
-            return
-
+    def _submit(self, pool_name: str, fn: Callable[..., None], *args: Any) -> None:
         def run() -> None:
             try:
-                fn(*args)
+                fn(self.settings, self, *args)
             except Exception:  # a crash of one task must not kill the pool; the sweeper retries
-                log.exception("embedded task %s%s failed", fn.__name__, args[2:])
+                log.exception("embedded task %s%s failed", fn.__name__, args)
 
-        pool.submit(run)
+        with self._lock:
+            pool = getattr(self, pool_name)
+            if pool is not None:
+                pool.submit(run)
 
     def shutdown(self) -> None:
-        self._closed.set()
-        self._control.shutdown(wait=False, cancel_futures=True)
-        self._trials.shutdown(wait=False, cancel_futures=True)
-
-
-def make_dispatcher(settings: Settings) -> Dispatcher:
-    """Celery when a broker is configured, in-process threads otherwise."""
-    return LocalDispatcher(settings) if settings.embedded else CeleryDispatcher(settings)
+        with self._lock:
+            pools, self._trials, self._control = (self._control, self._trials), None, None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)

@@ -18,12 +18,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from operators.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
-from operators.datasets import Dataset, load_dataset
-from operators.finetune import finetune
-from operators.metrics import compute_metrics, count_macs, count_params, evaluate, measure_latency
-from operators.strategy import apply_strategy
-from operators.zoo import build_model
+from operators import (
+    Dataset,
+    apply_strategy,
+    build_model,
+    compute_metrics,
+    count_macs,
+    count_params,
+    evaluate,
+    finetune,
+    load_checkpoint,
+    load_dataset,
+    measure_latency,
+    save_checkpoint,
+    save_dense_checkpoint,
+)
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from operators.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
-from operators.datasets import load_dataset
-from operators.finetune import finetune
+from operators.core.strategy import apply_strategy
+from operators.data.datasets import load_dataset
+from operators.format.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
 from operators.metrics import evaluate
-from operators.strategy import apply_strategy
-from operators.training import train
-from operators.zoo import build_model
+from operators.models.zoo import build_model
+from operators.train.finetune import finetune
+from operators.train.loop import train
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache"
 STRATEGIES: dict[str, list[tuple[str, list[dict]]]] = {

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from bench.ops.accuracy import baseline
-from operators.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
-from operators.datasets import load_dataset
-from operators.finetune import finetune
+from operators.core.strategy import apply_strategy
+from operators.data.datasets import load_dataset
+from operators.format.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
 from operators.metrics import evaluate
-from operators.strategy import apply_strategy
+from operators.train.finetune import finetune
 
 BASELINE_EPOCHS = 4
 FP16 = {"op": "quantize", "dtype": "float16"}

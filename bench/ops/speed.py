@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from operators.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
-from operators.packed import PackedModule
-from operators.runtime import BatchDispatch
-from operators.strategy import apply_strategy
-from operators.zoo import build_model
+from operators.core.registry import PackedModule
+from operators.core.strategy import apply_strategy
+from operators.format.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
+from operators.models.zoo import build_model
+from operators.runtime.select import BatchDispatch
 
 MODELS = [
     ("lenet-300-100", {}, (1, 28, 28)),

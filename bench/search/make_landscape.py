@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 
-from operators.checkpoint import save_checkpoint, save_dense_checkpoint
-from operators.datasets import load_dataset
-from operators.finetune import finetune
+from operators.core.model import CompressedModel
+from operators.core.strategy import apply_strategy
+from operators.data.datasets import load_dataset
+from operators.format.checkpoint import save_checkpoint, save_dense_checkpoint
 from operators.metrics import evaluate
-from operators.strategy import CompressedModel, apply_strategy
-from operators.training import train
-from operators.zoo import build_model
+from operators.models.zoo import build_model
+from operators.train.finetune import finetune
+from operators.train.loop import train
 
 DATA = Path(__file__).parent / "data" / "lenet300_mnist.json"
 ARCHITECTURE, CONFIG = "lenet-300-100", {}

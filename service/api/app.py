@@ -1,13 +1,16 @@
-"""The FastAPI application: routers, error handlers, and start-up of the chosen mode.
+"""The FastAPI application: routers, error handlers, and the lifespan of the chosen mode.
 
-`create_app(settings)` prepares the database (Alembic upgrade of an embedded SQLite file, or a
-check that a shared database is at head), opens the artifact store, and picks the dispatcher:
-in-process threads plus a sweeper (embedded) or Celery messages (distributed).
+`create_app(settings, dispatcher=...)` is given everything it cannot build itself: the
+dispatcher (how follow-up work is sent; see `service.core.dispatch`) and hooks to run at
+start-up and shut-down (e.g. the embedded mode's sweeper). It never imports `workers`; the
+composition root `service.main` builds those and calls it. At start-up it prepares the
+database (Alembic upgrade of an embedded SQLite file, or a check that a shared database is at
+head) and opens the artifact store, then runs the start-up hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -15,10 +18,10 @@ from fastapi import Depends, FastAPI
 from service.api.deps import require_api_key
 from service.api.errors import install_error_handlers
 from service.api.routes import datasets, jobs, models, trials
-from service.db import prepare_database
-from service.settings import Settings, get_settings
-from service.storage import ArtifactStore
-from workers.dispatch import LocalDispatcher, make_dispatcher
+from service.core.db import prepare_database
+from service.core.dispatch import Dispatcher
+from service.core.settings import Settings
+from service.core.storage import ArtifactStore
 
 DESCRIPTION = """
 autocompress finds how to compress a trained PyTorch model.
@@ -29,10 +32,18 @@ autocompress finds how to compress a trained PyTorch model.
 4. `GET /v1/trials/{id}/checkpoint`: the packed checkpoint, loadable without pickle.
 """
 
+Hook = Callable[[], None]
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for `settings` (default: from the environment)."""
-    settings = settings or get_settings()
+
+def create_app(
+    settings: Settings,
+    *,
+    dispatcher: Dispatcher,
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+) -> FastAPI:
+    """The API for `settings`, sending follow-up work through `dispatcher`. `on_startup` hooks
+    run after the database is ready, in order; `on_shutdown` hooks run in order at the end."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,20 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prepare_database(settings.database_url, auto_upgrade=settings.is_sqlite)
         app.state.settings = settings
         app.state.store = ArtifactStore(settings.artifact_root)
-        app.state.dispatcher = make_dispatcher(settings)
-        sweeper = None
-        if isinstance(app.state.dispatcher, LocalDispatcher):
-            from workers.jobs import Sweeper
-
-            sweeper = Sweeper(settings, app.state.dispatcher)
-            sweeper.start()
+        app.state.dispatcher = dispatcher
+        for hook in on_startup:
+            hook()
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.stop()
-            if isinstance(app.state.dispatcher, LocalDispatcher):
-                app.state.dispatcher.shutdown()
+            for hook in on_shutdown:
+                hook()
 
     app = FastAPI(
         title="autocompress",

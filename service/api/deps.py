@@ -8,10 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.db import session_factory
-from service.settings import Settings
-from service.storage import ArtifactStore
-from workers.dispatch import Dispatcher
+from service.api.errors import ApiError
+from service.core.auth import verify_token
+from service.core.db import session_factory
+from service.core.dispatch import Dispatcher
+from service.core.settings import Settings
+from service.core.storage import ArtifactStore
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -42,9 +44,6 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 def require_api_key(request: Request) -> None:
     """When the server requires keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
-    from service.api.errors import ApiError
-    from service.auth import verify_token
-
     settings: Settings = request.app.state.settings
     if not settings.require_api_key:
         return

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from html import escape
 
 from search import Objective
-from service.db import Trial
+from search.metric_table import finite_values
+from service.core.db import Trial
 
 W, H, PAD = 640, 420, 60
 
@@ -25,12 +26,11 @@ def render_front(
 ) -> str:
     """x = second metric, y = first metric; grey = infeasible, blue = feasible, red = front."""
     (ym, _), (xm, _) = metrics[0], metrics[1]
+    # the points search.pareto can rank: succeeded, with finite values of both metrics
     done = [
         t
         for t in trials
-        if t.state == "succeeded"
-        and isinstance((t.metrics or {}).get(xm), (int, float))
-        and isinstance((t.metrics or {}).get(ym), (int, float))
+        if t.state == "succeeded" and finite_values(t.metrics, (xm, ym)) is not None
     ]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif"'

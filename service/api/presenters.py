@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from search import Objective
-from search.pareto import pareto_front
+from search import METRIC_TABLE, Candidate, Objective, Observation, best_feasible, feasible_front
 from service.api.schemas import JobPublic, Progress, TrialPublic
-from service.db import Job, Trial
+from service.core.db import Job, Trial
 
-DEFAULT_FRONT = [("accuracy", "max"), ("size_bytes", "min")]
+#: The front shown for a single objective: accuracy against size, each the way it is better.
+DEFAULT_FRONT = [(name, METRIC_TABLE[name].better) for name in ("accuracy", "size_bytes")]
 
 
 def objective_of(job: Job) -> Objective:
     return Objective.from_spec(job.spec["objective"])
 
 
-def _numeric(metrics: dict, name: str) -> float | None:
-    value = metrics.get(name)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+def _observations(trials: Sequence[Trial]) -> list[Observation]:
+    """The trials as the search library sees them, index for index: only a succeeded trial
+    has metrics (a failed, cancelled or unfinished one is never feasible)."""
+    return [
+        Observation(
+            Candidate(t.strategy, dict(t.params or {})),
+            t.metrics if t.state == "succeeded" else None,
+        )
+        for t in trials
+    ]
 
 
 def trial_public(trial: Trial, objective: Objective) -> TrialPublic:
@@ -50,27 +56,12 @@ def trial_public(trial: Trial, objective: Objective) -> TrialPublic:
     )
 
 
-def feasible_trials(trials: Sequence[Trial], objective: Objective) -> list[Trial]:
-    return [
-        t
-        for t in trials
-        if t.state == "succeeded" and t.metrics and objective.is_feasible(t.metrics)
-    ]
-
-
 def best_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
-    """Best feasible trial for a single objective; for a Pareto objective, the front's first."""
-    candidates = feasible_trials(trials, objective)
-    if objective.kind == "pareto":
-        front = pareto_trials(trials, objective)
-        return front[0] if front else None
-    metric, goal = objective.metrics[0]
-    scored = [(t, _numeric(t.metrics, metric)) for t in candidates]
-    scored = [(t, v) for t, v in scored if v is not None]
-    if not scored:
-        return None
-    sign = 1.0 if goal == "max" else -1.0
-    return max(scored, key=lambda tv: (sign * tv[1], -tv[0].number))[0]
+    """The best feasible trial (:func:`search.best_feasible`; for a Pareto objective, the
+    front's best on the first metric), the first of ``trials`` on ties (the routes pass them
+    in trial order); None if none is feasible."""
+    best = best_feasible(_observations(trials), objective)
+    return None if best is None else trials[best]
 
 
 def front_metrics(objective: Objective) -> list[tuple[str, str]]:
@@ -79,15 +70,9 @@ def front_metrics(objective: Objective) -> list[tuple[str, str]]:
 
 def pareto_trials(trials: Sequence[Trial], objective: Objective) -> list[Trial]:
     """Non-dominated feasible trials over the objective's metrics (accuracy vs size_bytes for a
-    single objective), sorted by the first metric."""
+    single objective; :func:`search.feasible_front`), sorted by the first metric."""
     goals = front_metrics(objective)
-    candidates = [
-        t
-        for t in feasible_trials(trials, objective)
-        if all(_numeric(t.metrics, m) is not None for m, _ in goals)
-    ]
-    indices = pareto_front([t.metrics for t in candidates], goals)
-    front = [candidates[i] for i in indices]
+    front = [trials[i] for i in feasible_front(_observations(trials), objective, goals)]
     metric, goal = goals[0]
     return sorted(front, key=lambda t: t.metrics[metric], reverse=goal == "max")
 

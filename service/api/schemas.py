@@ -198,12 +198,3 @@ class ParetoPublic(BaseModel):
     metrics: list[dict[str, str]] = Field(description="[{metric, goal}] the front is taken over.")
     trials: list[TrialPublic]
 
-
-class ErrorItem(BaseModel):
-    field: str = Field(description="Dotted path of the field at fault, e.g. body.budget.max_trials")
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    detail: str
-    errors: list[ErrorItem] = []

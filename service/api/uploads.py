@@ -1,4 +1,8 @@
-"""Streaming an upload to disk with a byte limit (weights, datasets)."""
+"""Copying an upload to disk in chunks with a byte limit (weights, datasets).
+
+The routes that take uploads are plain `def` routes: FastAPI runs them in its threadpool, so
+this copy (like the torch and database work after it) never blocks the event loop.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from fastapi import UploadFile
 from service.api.errors import ApiError
 
 
-async def copy_upload(upload: UploadFile, path: Path, limit: int, field: str) -> int:
+def copy_upload(upload: UploadFile, path: Path, limit: int, field: str) -> int:
     """Copy `upload` to `path` in 1 MiB chunks; a 413 naming `field` past `limit` bytes."""
     written = 0
     with open(path, "wb") as fh:
-        while chunk := await upload.read(1 << 20):
+        while chunk := upload.file.read(1 << 20):
             written += len(chunk)
             if written > limit:
                 raise ApiError(413, f"the upload is larger than the limit of {limit} bytes", field)

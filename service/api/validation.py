@@ -11,17 +11,22 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from operators.datasets import DatasetError, check_reference
-from operators.finetune import FINETUNE_METHODS, METHOD_FIELDS, method_params
-from operators.strategy import validate_steps
+from operators import (
+    FINETUNE_METHODS,
+    METHOD_FIELDS,
+    DatasetError,
+    check_reference,
+    method_params,
+    validate_steps,
+)
 from search import Candidate, Objective, SearchSettings, SearchSettingsError, SearchSpace
 from search.objective import ObjectiveError
 from search.space import SearchSpaceError
 from service.api.errors import Invalid
 from service.api.schemas import JobCreate
-from service.datasets import resolve_reference
-from service.db import ModelRecord
-from service.settings import Settings
+from service.core.datasets import resolve_reference
+from service.core.db import ModelRecord
+from service.core.settings import Settings
 
 
 def _corner_candidates(space: SearchSpace) -> list[Candidate]:

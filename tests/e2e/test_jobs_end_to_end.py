@@ -9,9 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from operators.checkpoint import load_checkpoint
-from operators.datasets import load_dataset
-from operators.metrics import evaluate
+from operators import evaluate, load_checkpoint, load_dataset
 
 pytestmark = pytest.mark.e2e
 

@@ -1,16 +1,18 @@
 """Metrics against closed forms: accuracy and loss of known classifiers, MACs, parameters."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from operators.checkpoint import save_checkpoint, save_dense_checkpoint
-from operators.datasets import Dataset
+from operators import metrics as metrics_module
+from operators.core.strategy import apply_strategy
+from operators.data.datasets import Dataset
+from operators.format.checkpoint import save_checkpoint, save_dense_checkpoint
 from operators.metrics import compute_metrics, count_macs, count_params, evaluate, measure_latency
-from operators.strategy import apply_strategy
-from operators.zoo import build_model
+from operators.models.zoo import build_model
 
 
 @pytest.fixture
@@ -55,7 +57,33 @@ def test_count_macs_of_lenet_5():
     )
 
 
-def test_latency_is_a_positive_median():
+class Clocked(nn.Module):
+    """A model whose forward passes take the given times on a fake clock."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        super().__init__()
+        self.seconds, self.now, self.batches = list(seconds), 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append((tuple(x.shape), self.training, torch.is_inference_mode_enabled()))
+        self.now += self.seconds.pop(0)
+        return x
+
+
+def test_latency_is_the_median_after_warmup(monkeypatch):
+    model = Clocked([1.0, 2.0, 0.005, 0.001, 0.003, 0.002, 0.004])  # two warmup passes first
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(perf_counter=model.clock))
+    result = measure_latency(model, (64,), batch_size=4, warmup=2, repeats=5)
+    assert result["latency_ms"] == pytest.approx(3.0)
+    assert result["throughput"] == pytest.approx(4 / 0.003)
+    assert model.batches == [((4, 64), False, True)] * 7  # eval mode, no autograd
+    assert model.training  # the mode is restored
+
+
+def test_latency_of_a_real_model_is_positive():
     result = measure_latency(
         build_model("mlp", {"in_features": 64}), (64,), batch_size=4, warmup=1, repeats=5
     )
@@ -88,6 +116,8 @@ def test_compute_metrics_gives_every_job_spec_metric(tiny, tmp_path):
         "throughput",
     }
     assert metrics["size_bytes"] == size
+    assert {k: metrics[k] for k in ("accuracy", "loss")} == evaluate(cm.model, tiny)
+    assert (metrics["params"], metrics["nonzero_params"]) == count_params(cm.model)
     assert metrics["compression_ratio"] == pytest.approx(baseline_size / size)
     assert metrics["accuracy_drop"] == pytest.approx(baseline["accuracy"] - metrics["accuracy"])
     assert metrics["macs"] == 64 * 32 + 32 * 3

@@ -1,70 +1,20 @@
-"""advance_job, evaluate_trial and the sweeper on a real (SQLite) database, run directly."""
+"""workers.jobs: advance_job and evaluate_trial on a real (SQLite) database, run directly."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
-import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from service.db import Job, ModelRecord, Trial, db_now, session_scope, upgrade
-from service.settings import Settings
-from service.storage import ArtifactStore
-from workers import jobs
-
-
-class RecordingDispatcher:
-    """Collects what would be enqueued, so the test decides what runs and when."""
-
-    def __init__(self) -> None:
-        self.advanced: list[int] = []
-        self.evaluations: list[tuple[int, int]] = []
-
-    def advance_job(self, job_id: int) -> None:
-        self.advanced.append(job_id)
-
-    def evaluate_trial(self, trial_id: int, attempt: int) -> None:
-        self.evaluations.append((trial_id, attempt))
+from operators import read_manifest
+from service.core.db import Artifact, Job, Trial, session_scope
+from service.core.settings import Settings
+from tests.conftest import RecordingDispatcher, expire_lease, trials_of
+from workers import jobs, sweeper
 
 
-@pytest.fixture
-def setup(tmp_path: Path, digits_model: Path):  # noqa: ANN201
-    settings = Settings(home=tmp_path, lease_seconds=60, max_attempts=2)
-    settings.ensure_dirs()
-    upgrade(settings.database_url)
-    store = ArtifactStore(settings.artifact_root)
-    with store.writing("weights") as (tmp, relative):
-        tmp.write_bytes(digits_model.read_bytes())
-    spec = {
-        "dataset": "builtin:digits",
-        "objective": {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.05}]},
-        "search_space": {"strategies": [{"name": "p", "steps": [{"op": "prune", "sparsity": {"min": 0.2, "max": 0.8}}]}]},
-        "finetune": {"method": "masked", "epochs": 1, "lr": 1e-3, "batch_size": 64},
-        "budget": {"max_trials": 3, "max_parallel": 2},
-    }
-    with session_scope(settings.database_url) as session:
-        artifact = store.register(session, "weights", relative)
-        model = ModelRecord(
-            name="m", architecture="mlp", params=0, weights_artifact_id=artifact.id,
-            config={"in_features": 64, "hidden": [64], "num_classes": 10},
-        )
-        session.add(model)
-        session.flush()
-        job = Job(model_id=model.id, spec=spec, seed=3)
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    return settings, job_id
-
-
-def trials_of(settings: Settings, job_id: int) -> list[Trial]:
-    with session_scope(settings.database_url) as session:
-        return list(session.scalars(select(Trial).where(Trial.job_id == job_id).order_by(Trial.number)))
-
-
-def test_advance_fills_free_slots_and_is_idempotent(setup) -> None:  # noqa: ANN001
-    settings, job_id = setup
+def test_advance_fills_free_slots_and_is_idempotent(digits_job) -> None:  # noqa: ANN001
+    settings, job_id = digits_job
     d = RecordingDispatcher()
     jobs.advance_job(settings, d, job_id)
     jobs.advance_job(settings, d, job_id)  # a duplicate message changes nothing
@@ -74,10 +24,13 @@ def test_advance_fills_free_slots_and_is_idempotent(setup) -> None:  # noqa: ANN
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         assert job.state == "running" and job.baseline["accuracy"] > 0.8
+        baseline = session.get(Artifact, job.baseline["checkpoint_artifact_id"])
+        assert baseline.kind == "baseline"
+    assert (Path(settings.artifact_root) / baseline.path).stat().st_size == baseline.size_bytes
 
 
-def test_trial_runs_once_then_job_finishes(setup) -> None:  # noqa: ANN001
-    settings, job_id = setup
+def test_trial_runs_once_then_job_finishes(digits_job) -> None:  # noqa: ANN001
+    settings, job_id = digits_job
     d = RecordingDispatcher()
     jobs.advance_job(settings, d, job_id)
     first = d.evaluations[0]
@@ -86,6 +39,13 @@ def test_trial_runs_once_then_job_finishes(setup) -> None:  # noqa: ANN001
     done = [t for t in trials_of(settings, job_id) if t.id == first[0]][0]
     assert done.state == "succeeded" and done.metrics["size_bytes"] > 0
     assert done.checkpoint_artifact_id is not None
+    with session_scope(settings.database_url) as session:
+        artifact = session.get(Artifact, done.checkpoint_artifact_id)
+        baseline = session.get(Job, job_id).baseline
+    path = Path(settings.artifact_root) / artifact.path
+    assert path.stat().st_size == artifact.size_bytes == done.metrics["size_bytes"]
+    recorded = read_manifest(path)["metadata"]["baseline"]  # for `autocompress evaluate`
+    assert recorded == {"accuracy": baseline["accuracy"], "size_bytes": baseline["size_bytes"]}
     for trial_id, attempt in list(d.evaluations):
         jobs.evaluate_trial(settings, d, trial_id, attempt)
     for trial_id, attempt in list(d.evaluations):
@@ -97,34 +57,56 @@ def test_trial_runs_once_then_job_finishes(setup) -> None:  # noqa: ANN001
         assert job.state == "succeeded" and "trial budget" in job.stop_reason
 
 
-def _expire(settings: Settings, trial_id: int) -> None:
-    with session_scope(settings.database_url) as session:
-        past = db_now(session) - timedelta(seconds=5)
-        session.execute(
-            update(Trial).where(Trial.id == trial_id).values(state="running", lease_expires_at=past)
-        )
+def _checkpoint_files(settings: Settings) -> list[Path]:
+    return [p for p in (Path(settings.artifact_root) / "checkpoints").glob("*") if p.is_file()]
 
 
-def test_sweeper_requeues_expired_leases_then_gives_up(setup) -> None:  # noqa: ANN001
-    settings, job_id = setup
+def test_a_lost_lease_leaves_no_artifact_row_and_no_file(digits_job, monkeypatch) -> None:  # noqa: ANN001
+    """The worker computes, but meanwhile its lease expired and the sweeper re-queued the trial:
+    its result, its checkpoint's artifact row and its file are all discarded."""
+    settings, job_id = digits_job
     d = RecordingDispatcher()
     jobs.advance_job(settings, d, job_id)
-    trial_id, _ = d.evaluations[0]
-    _expire(settings, trial_id)
-    assert jobs.sweep(settings, d)["requeued"] == 1
+    trial_id, attempt = d.evaluations[0]
+    real_run_trial = jobs.run_trial
+
+    def run_then_lose_the_lease(**kwargs):  # noqa: ANN003, ANN202
+        metrics = real_run_trial(**kwargs)
+        assert kwargs["checkpoint_path"].exists()  # written under its temporary name
+        expire_lease(settings, trial_id)  # the lease runs out ...
+        assert sweeper.sweep(settings, d)["requeued"] == 1  # ... and the sweeper re-queues it
+        return metrics
+
+    monkeypatch.setattr(jobs, "run_trial", run_then_lose_the_lease)
+    jobs.evaluate_trial(settings, d, trial_id, attempt)
     trial = [t for t in trials_of(settings, job_id) if t.id == trial_id][0]
-    assert (trial.state, trial.attempt) == ("queued", 2)
-    assert (trial_id, 2) in d.evaluations
-    jobs.evaluate_trial(settings, d, trial_id, 1)  # the dead worker's stale message: no-op
-    assert [t for t in trials_of(settings, job_id) if t.id == trial_id][0].state == "queued"
-    _expire(settings, trial_id)
-    assert jobs.sweep(settings, d)["failed"] == 1  # max_attempts = 2
-    trial = [t for t in trials_of(settings, job_id) if t.id == trial_id][0]
-    assert trial.state == "failed" and "gave up after 2 attempts" in trial.error
+    assert (trial.state, trial.attempt, trial.metrics) == ("queued", attempt + 1, None)
+    assert trial.checkpoint_artifact_id is None
+    with session_scope(settings.database_url) as session:
+        kinds = list(session.scalars(select(Artifact.kind)))
+    assert "checkpoint" not in kinds
+    assert _checkpoint_files(settings) == []
 
 
-def test_cancel_stops_queued_trials_and_finishes_job(setup) -> None:  # noqa: ANN001
-    settings, job_id = setup
+def test_a_failed_trial_leaves_no_file(digits_job, monkeypatch) -> None:  # noqa: ANN001
+    settings, job_id = digits_job
+    d = RecordingDispatcher()
+    jobs.advance_job(settings, d, job_id)
+    trial_id, attempt = d.evaluations[0]
+
+    def write_then_fail(**kwargs):  # noqa: ANN003, ANN202
+        kwargs["checkpoint_path"].write_bytes(b"half a checkpoint")
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(jobs, "run_trial", write_then_fail)
+    jobs.evaluate_trial(settings, d, trial_id, attempt)
+    trial = [t for t in trials_of(settings, job_id) if t.id == trial_id][0]
+    assert trial.state == "failed" and "out of memory" in trial.error
+    assert _checkpoint_files(settings) == []
+
+
+def test_cancel_stops_queued_trials_and_finishes_job(digits_job) -> None:  # noqa: ANN001
+    settings, job_id = digits_job
     d = RecordingDispatcher()
     jobs.advance_job(settings, d, job_id)
     with session_scope(settings.database_url) as session:
@@ -135,8 +117,8 @@ def test_cancel_stops_queued_trials_and_finishes_job(setup) -> None:  # noqa: AN
         assert session.get(Job, job_id).state == "cancelled"
 
 
-def test_patience_stops_a_job_that_no_longer_improves(setup) -> None:  # noqa: ANN001
-    settings, job_id = setup
+def test_patience_stops_a_job_that_no_longer_improves(digits_job) -> None:  # noqa: ANN001
+    settings, job_id = digits_job
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         job.spec = {**job.spec, "budget": {"max_trials": 10, "max_parallel": 1, "patience": 2}}

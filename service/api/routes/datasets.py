@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 from pydantic import BaseModel, Field
 
-from operators.datasets import Dataset, DatasetError, load_dataset
+from operators import Dataset, DatasetError, load_dataset
 from service.api.deps import SessionDep, SettingsDep, StoreDep
 from service.api.errors import Invalid, NotFound
 from service.api.uploads import copy_upload
-from service.datasets import UPLOAD_KIND, UPLOAD_SCHEME
-from service.db import Artifact
+from service.core.datasets import UPLOAD_KIND, UPLOAD_SCHEME
+from service.core.db import Artifact
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -45,15 +45,16 @@ def _describe(artifact: Artifact, data: Dataset) -> DatasetPublic:
 
 
 @router.post("", status_code=201, response_model=DatasetPublic)
-async def upload_dataset(
+def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_val, y_val")],
 ) -> DatasetPublic:
-    """Upload a dataset; it is checked (loaded without pickle) before it is accepted."""
+    """Upload a dataset; it is checked (loaded without pickle) before it is accepted.
+    A plain `def`: the copy, the check and the database run in FastAPI's threadpool."""
     with store.writing(UPLOAD_KIND, ".npz") as (tmp, relative):
-        await copy_upload(file, tmp, settings.max_upload_bytes, "file")
+        copy_upload(file, tmp, settings.max_upload_bytes, "file")
         try:
             data = _load(tmp)  # checked once, before it is accepted
         except (DatasetError, ValueError, OSError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import Response as RawResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from service.api.deps import DispatcherDep, SessionDep, SettingsDep
 from service.api.errors import NotFound
@@ -18,17 +19,17 @@ from service.api.presenters import (
 )
 from service.api.schemas import JobAccepted, JobCreate, JobPublic, ParetoPublic, TrialPublic
 from service.api.validation import validate_job
-from service.db import Job, Trial
+from service.core import repository
+from service.core.db import Job, Trial
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def _job_and_trials(session, job_id: int) -> tuple[Job, list[Trial]]:  # noqa: ANN001
+def _job_and_trials(session: Session, job_id: int) -> tuple[Job, list[Trial]]:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound("job", job_id)
-    trials = list(session.scalars(select(Trial).where(Trial.job_id == job_id).order_by(Trial.number)))
-    return job, trials
+    return job, repository.job_trials(session, job_id)
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
@@ -99,11 +100,9 @@ def get_pareto_svg(job_id: int, session: SessionDep) -> RawResponse:
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
 def cancel_job(job_id: int, session: SessionDep, dispatcher: DispatcherDep) -> JobPublic:
     """Ask the job to stop: queued trials are dropped, running ones stop at their next check."""
-    job = session.get(Job, job_id)
-    if job is None:
+    if session.get(Job, job_id) is None:
         raise NotFound("job", job_id)
-    if job.state not in ("succeeded", "failed", "cancelled"):
-        job.cancel_requested = True
+    if repository.request_cancel(session, job_id):
         session.commit()
-        dispatcher.advance_job(job_id)
+        dispatcher.advance_job(job_id)  # only after the commit: the row is the truth
     return job_public(*_job_and_trials(session, job_id))

@@ -11,12 +11,12 @@ from fastapi import APIRouter, File, Form, UploadFile
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from operators.zoo import build_model
+from operators import build_model
 from service.api.deps import SessionDep, SettingsDep, StoreDep
 from service.api.errors import Invalid, NotFound
 from service.api.schemas import ModelPublic
 from service.api.uploads import copy_upload
-from service.db import Artifact, ModelRecord
+from service.core.db import Artifact, ModelRecord
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -54,7 +54,7 @@ def _read_weights(path: Path, filename: str, trusted: bool) -> dict[str, torch.T
 
 
 @router.post("", status_code=201, response_model=ModelPublic)
-async def register_model(
+def register_model(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
@@ -63,7 +63,9 @@ async def register_model(
     config: Annotated[str, Form(description="JSON keyword arguments of the architecture.")] = "{}",
     name: Annotated[str, Form(description="A label for the model.")] = "",
 ) -> ModelPublic:
-    """Register a trained model; its weights must load strictly into the architecture."""
+    """Register a trained model; its weights must load strictly into the architecture.
+    A plain `def`: copying, hashing, building and re-saving the weights run in FastAPI's
+    threadpool, never on the event loop."""
     try:
         config_dict = json.loads(config)
     except json.JSONDecodeError as exc:
@@ -76,7 +78,7 @@ async def register_model(
         field = "architecture" if "architecture" in str(exc) else "config"
         raise Invalid(field, str(exc)) from exc
     with store.writing("weights") as (tmp, relative):
-        await copy_upload(weights, tmp, settings.max_upload_bytes, "weights")
+        copy_upload(weights, tmp, settings.max_upload_bytes, "weights")
         state = _read_weights(tmp, weights.filename or "", settings.trusted_uploads)
         try:
             model.load_state_dict(state, strict=True)

@@ -9,7 +9,7 @@ from service.api.deps import SessionDep, StoreDep
 from service.api.errors import ApiError, NotFound
 from service.api.presenters import objective_of, trial_public
 from service.api.schemas import TrialPublic
-from service.db import Artifact, Job, Trial
+from service.core.db import Artifact, Job, Trial
 
 router = APIRouter(prefix="/v1/trials", tags=["trials"])
 

@@ -1,0 +1,151 @@
+"""The one registry: ops, module kinds and packers, each filled by the unit that defines it.
+
+- **ops** (:data:`OPS`): name -> op class (:class:`operators.core.op.Op`); an op folder under
+  :mod:`operators.ops` registers its class with :func:`register`, and with it the packers its
+  class lists in ``PACKERS`` (``{packing kind: {layer type: packed module class}}``: what a
+  :class:`~operators.core.model.PackSpec` of that kind packs a layer into).
+- **module kinds** (:data:`MODULE_KINDS`): the layers a packed checkpoint can hold, and how
+  each is described (JSON constructor arguments) and rebuilt. Plain kinds (``linear``,
+  ``conv2d``, ``batchnorm1d``, ``batchnorm2d``) are ordinary torch layers with other shapes,
+  written when structural pruning made a layer physically smaller; packed kinds
+  (``mpd_linear``, ``clustered``, ``int8``, ``unified``, ``lowrank``, ...) are runtime modules
+  that compute a compressed layer, each a :class:`PackedModule` subclass decorated with
+  :func:`register_kind` in its op's folder.
+
+:mod:`operators.format` and :mod:`operators.runtime` find kinds only through this module and
+never import an op; ``import operators`` imports every op (``operators.ops``), so the tables
+are complete whenever any part of the package is used.
+
+A :class:`PackedModule` provides ``pack(dense_module, spec)`` (build it from a projected dense
+layer and its spec), ``config()`` (its constructor arguments), ``to_dense()`` (the equivalent
+plain layer), ``executed_macs(output)`` (what it really computes) and ``SOURCES`` (its
+parameter names -> the dense layer's, so storage dtypes carry over). Kinds whose forward is
+gather, compute, gather (MPD) set ``FOLDABLE`` and provide ``rows``, ``cols``,
+``padded_rows``, ``gathers()``, ``skip_output_gather`` and ``fold_input_gather()``, which
+:func:`operators.runtime.fold_permutations` uses to merge consecutive permutations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from operators.core.model import PackSpec
+
+if TYPE_CHECKING:
+    from operators.core.op import Op
+
+
+@dataclass(frozen=True)
+class ModuleKind:
+    """How a module of one kind is described (``args``) and rebuilt (``build(**args)``)."""
+
+    name: str
+    type: type[nn.Module]
+    args: Callable[[nn.Module], dict[str, Any]]
+    build: Callable[..., nn.Module]
+
+
+MODULE_KINDS: dict[str, ModuleKind] = {}
+
+
+def _plain(name: str, cls: type[nn.Module], keys: tuple[str, ...]) -> None:
+    def args(m: nn.Module) -> dict[str, Any]:
+        out = {}
+        for key in keys:
+            value = getattr(m, key) if key != "bias" else m.bias is not None
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def build(**kwargs: Any) -> nn.Module:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+
+    MODULE_KINDS[name] = ModuleKind(name, cls, args, build)
+
+
+_plain("linear", nn.Linear, ("in_features", "out_features", "bias"))
+_plain(
+    "conv2d",
+    nn.Conv2d,
+    ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+     "bias", "padding_mode"),
+)  # fmt: skip
+for _name, _cls in (("batchnorm1d", nn.BatchNorm1d), ("batchnorm2d", nn.BatchNorm2d)):
+    _plain(_name, _cls, ("num_features", "eps", "momentum", "affine", "track_running_stats"))
+
+
+def register_kind(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator adding a module class (``kind`` name, ``config()`` giving its constructor
+    arguments) to :data:`MODULE_KINDS`: a packed kind, or a composite such as ``lowrank``."""
+    MODULE_KINDS[cls.kind] = ModuleKind(cls.kind, cls, lambda m: m.config(), cls)
+    return cls
+
+
+def kind_of(module: nn.Module) -> str | None:
+    """The registered kind of ``module`` (exact type match), or None."""
+    for kind in MODULE_KINDS.values():
+        if type(module) is kind.type:
+            return kind.name
+    return None
+
+
+def describe(module: nn.Module) -> dict[str, Any] | None:
+    """``{"kind", "args"}`` of a registered module, or None for any other module."""
+    kind = kind_of(module)
+    return None if kind is None else {"kind": kind, "args": MODULE_KINDS[kind].args(module)}
+
+
+def build_module(kind: str, args: dict[str, Any]) -> nn.Module:
+    """A freshly built module of ``kind`` (ValueError naming an unknown kind or bad args)."""
+    if kind not in MODULE_KINDS:
+        raise ValueError(f"unknown module kind {kind!r}; known: {', '.join(MODULE_KINDS)}")
+    try:
+        return MODULE_KINDS[kind].build(**args)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"cannot build a {kind} module from {args}: {exc}") from None
+
+
+class PackedModule(nn.Module):
+    """Base of runtime modules that compute a compressed layer (see the module docstring)."""
+
+    kind: ClassVar[str] = ""
+    SOURCES: ClassVar[dict[str, str]] = {}
+    FOLDABLE: ClassVar[bool] = False  # gather-compute-gather kinds whose permutations fold
+
+    @classmethod
+    def pack(cls, dense: nn.Module, spec: PackSpec) -> PackedModule:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_dense(self) -> nn.Module:
+        raise NotImplementedError
+
+    def executed_macs(self, output: torch.Tensor) -> int:
+        raise NotImplementedError
+
+
+PACKERS: dict[str, dict[type[nn.Module], type[PackedModule]]] = {}
+OPS: dict[str, type[Op]] = {}
+
+
+def register(op: type[Op]) -> type[Op]:
+    """Class decorator adding an op to :data:`OPS` under its ``name``, with its ``PACKERS``."""
+    if op.name in OPS and OPS[op.name] is not op:
+        raise ValueError(f"op {op.name!r} is registered twice")
+    OPS[op.name] = op
+    PACKERS.update(op.PACKERS)
+    return op
+
+
+def pack_module(dense: nn.Module, spec: PackSpec) -> PackedModule:
+    """The packed module for ``dense`` (already projected) according to ``spec``."""
+    classes = PACKERS.get(spec.kind)
+    if classes is None or type(dense) not in classes:
+        raise ValueError(f"no packed form {spec.kind!r} for {type(dense).__name__}")
+    return classes[type(dense)].pack(dense, spec)

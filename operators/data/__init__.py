@@ -1,0 +1,1 @@
+"""Dataset references (datasets.py) and the MNIST files the project ships (mnist/)."""

@@ -1,0 +1,1 @@
+"""Model definitions: the zoo of architectures built from JSON configs (zoo.py)."""

@@ -1,0 +1,138 @@
+"""Physical channel removal through torch-pruning's dependency graph, one graph per model.
+
+Whole Linear neurons or conv filters are removed with everything that depends on them
+(BatchNorm channels, residual additions, concatenations, the next layer's inputs), found by
+torch-pruning's ``DependencyGraph``: the result is a smaller dense model that runs on ordinary
+kernels. The graph of a model is traced once (:func:`dependency_graph`) and reused by every
+channel pruner (``l1``/``l2`` ranking, the GA) and by ``hspg``'s removal; pruning a group
+updates it in place. The network's output layer is never pruned.
+
+Removal functions return, per module, the output channels removed (indices into the original
+layer), so a caller can check that removing them equals zeroing them (:func:`zero_channels`).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from operators.core.model import CompressedModel
+from operators.core.modes import eval_mode
+from operators.core.op import WEIGHT_LAYERS, Op, check_unstructured, output_layer
+
+_OUT_HANDLERS = ("prune_out_channels",)
+
+
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tp.DependencyGraph] = weakref.WeakKeyDictionary()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def dependency_graph(cm: CompressedModel) -> tp.DependencyGraph:
+    """The dependency graph of ``cm.model``, traced with ``cm.example_input`` on first use."""
+    model = cm.model
+    graph = _GRAPHS.get(model)
+    if graph is None:
+        if cm.example_input is None:
+            raise ValueError("remove channels: cannot trace the model; pass an example input")
+        with eval_mode(model, quiet=True):
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=cm.example_input.to(_device(model))
+            )
+        _GRAPHS[model] = graph
+    return graph
+
+
+def remove_channels(
+    cm: CompressedModel,
+    op: Op,
+    types: tuple[type[nn.Module], ...],
+    ratio: float,
+    criterion: str,
+) -> dict[str, list[int]]:
+    """Physically remove ``ratio`` of the output channels of the selected ``types`` layers.
+
+    Returns module name -> removed output-channel indices for every module whose outputs
+    shrank (the selected layers and their coupled BatchNorms, residual partners, ...).
+    """
+    check_unstructured(cm, op.name)
+    model = cm.model
+    if cm.example_input is None:
+        raise ValueError(f"{op.name}: cannot trace the model; pass an example input")
+    targets = {id(m) for _, m in op.selected_modules(model, types)}
+    last = output_layer(model)
+    ignored = [
+        m for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and id(m) not in targets
+    ]
+    if last is not None and id(last) in targets:
+        ignored.append(last)
+    if len(ignored) == sum(isinstance(m, WEIGHT_LAYERS) for m in model.modules()):
+        raise ValueError(f"{op.name}: include/exclude selected no prunable layer")
+    names = {id(m): n for n, m in model.named_modules()}
+    removed: dict[str, list[int]] = {}
+    with eval_mode(model, quiet=True):
+        pruner = tp.pruner.MetaPruner(
+            model,
+            cm.example_input.to(_device(model)),
+            importance=tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2),
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+        )
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                handler = getattr(dep.handler, "__name__", "")
+                module = dep.target.module
+                if handler in _OUT_HANDLERS and id(module) in names:
+                    removed.setdefault(names[id(module)], []).extend(int(i) for i in idxs)
+            group.prune()
+    _GRAPHS[model] = pruner.DG  # the pruner's graph, updated by the pruning: reuse it
+    cm.structural = True
+    return {name: sorted(set(idx)) for name, idx in removed.items()}
+
+
+def zero_channels(model: nn.Module, removed: dict[str, list[int]]) -> None:
+    """Zero, in place, the removed output channels (weights, bias, BatchNorm affine) of
+    ``model``: the dense equivalent of removing them."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, idx in removed.items():
+            module = modules[name]
+            for param in (getattr(module, "weight", None), getattr(module, "bias", None)):
+                if param is not None:
+                    param[idx] = 0
+
+
+def remove_named_channels(cm: CompressedModel, channels: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Physically remove the given output channels of the named conv / Linear layers.
+
+    Dependencies (BatchNorm, the next layer's inputs, flatten) follow through torch-pruning's
+    ``DependencyGraph``; a layer keeps at least one channel and the output layer is never
+    pruned. Returns the channels removed per named layer.
+    """
+    check_unstructured(cm, "remove channels")
+    model = cm.model
+    modules = dict(model.named_modules())
+    last = output_layer(model)
+    removed: dict[str, list[int]] = {}
+    graph = dependency_graph(cm)
+    with eval_mode(model, quiet=True):
+        for name, idxs in channels.items():
+            module = modules[name]
+            width = module.weight.shape[0]
+            idxs = sorted(set(idxs))[: width - 1]
+            if not idxs or module is last:
+                continue
+            fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else (
+                tp.prune_conv_out_channels
+            )
+            group = graph.get_pruning_group(module, fn, idxs=idxs)
+            if graph.check_pruning_group(group):
+                group.prune()
+                removed[name] = idxs
+    cm.structural = cm.structural or bool(removed)
+    return removed
