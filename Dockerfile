@@ -9,6 +9,7 @@ COPY workers workers
 COPY search search
 COPY operators operators
 COPY migrations migrations
+COPY client client
 RUN pip install --no-cache-dir "${TORCH_SPEC}" && pip install --no-cache-dir .
 ENV AUTOCOMPRESS_HOME=/var/lib/autocompress
 EXPOSE 8000

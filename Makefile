@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch; override on a GPU machine, e.g. make setup TORCH_SPEC=torch==2.13.0+cu128
-TORCH_SPEC ?= torch==2.13.0
+# PyTorch and torchvision as a matching pair (timm, in the `models` extra, needs torchvision,
+# which pins its torch): on this project's machines pip takes both from local disk. Override
+# on another machine, e.g. make setup TORCH_SPEC="torch==2.14.1+cu128 torchvision==0.29.1+cu128"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup demo test lint bench clean
 
@@ -12,8 +14,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test,models]"
 	touch $@
 
 demo: setup

@@ -35,13 +35,17 @@ Layout (each layer imports only the ones below it; ``make test`` checks it):
 
 - :mod:`operators.ops`: one folder per op (algorithm, op, packed kinds), registering itself;
 - :mod:`operators.train`: the training loop and fine-tuning methods;
+- :mod:`operators.export`: a packed checkpoint as ONNX or ``.pt2``; ``.pt2`` read without pickle;
 - :mod:`operators.metrics`: the job-spec metrics (size, MACs, measured latency, accuracy);
 - :mod:`operators.format`: codecs, stored layers, the checkpoint;
 - :mod:`operators.runtime`: packing, packed-or-dense choice per layer and batch size;
 - :mod:`operators.core`: compressed-model state, the op protocol, the one registry, strategies;
-- :mod:`operators.models` (the zoo) and :mod:`operators.data` (dataset references).
+- :mod:`operators.models` (the zoo; the model sources ``timm:``, ``hf:``, ... in
+  :mod:`operators.models.sources`, whose ``build(architecture, config)`` the checkpoint uses)
+  and :mod:`operators.data` (dataset references).
 """
 
+from operators import export as export  # ONNX / .pt2 export; registers the export: source
 from operators import ops as ops  # registers every op and packed kind
 from operators.core.model import CompressedModel, Constraint, PackSpec
 from operators.core.op import Op
@@ -55,7 +59,14 @@ from operators.format.checkpoint import (
     save_checkpoint,
     save_dense_checkpoint,
 )
-from operators.metrics import compute_metrics, count_macs, count_params, evaluate, measure_latency
+from operators.metrics import (
+    compute_metrics,
+    count_macs,
+    count_params,
+    evaluate,
+    held_out_metrics,
+    measure_latency,
+)
 from operators.models.zoo import ARCHITECTURES, build_model
 from operators.ops.channels.op import FilterPrune, NeuronPrune
 from operators.ops.cluster.op import Cluster
@@ -67,8 +78,10 @@ from operators.ops.prune.nm import NMPrune
 from operators.ops.quantize.op import Quantize
 from operators.ops.unify.op import Unify
 from operators.runtime import pack_model, packed_model, select_runtime
+from operators.train.default_space import default_search_space
 from operators.train.finetune import FINETUNE_METHODS, METHOD_FIELDS, finetune, method_params
 from operators.train.loop import Cancelled, train
+from operators.train.staged import run_strategy, validate_strategy
 
 __all__ = [
     "ARCHITECTURES",
@@ -99,8 +112,10 @@ __all__ = [
     "compute_metrics",
     "count_macs",
     "count_params",
+    "default_search_space",
     "evaluate",
     "finetune",
+    "held_out_metrics",
     "load_checkpoint",
     "load_dataset",
     "load_weights",
@@ -110,9 +125,11 @@ __all__ = [
     "packed_model",
     "parse_steps",
     "read_manifest",
+    "run_strategy",
     "save_checkpoint",
     "save_dense_checkpoint",
     "select_runtime",
     "train",
     "validate_steps",
+    "validate_strategy",
 ]

@@ -1,9 +1,11 @@
 """The metrics every trial records (the job spec's metric names), measured on a runnable model.
 
 :func:`compute_metrics` gives all of them except ``duration_s`` (the worker times the trial):
-accuracy, accuracy_drop, loss, params, nonzero_params, size_bytes, compression_ratio, macs,
-latency_ms, throughput. ``size_bytes`` is the size of the packed checkpoint file, and the
-baseline is the dense fp32 checkpoint of the uncompressed model.
+accuracy, accuracy_drop, loss (on the validation split the search selects on), test_accuracy,
+test_accuracy_drop (on the test split it never sees, when the dataset has one), params,
+nonzero_params, size_bytes, compression_ratio, macs, latency_ms, throughput (the canonical
+list: ``search.metric_table``). ``size_bytes`` is the size of the packed checkpoint file, and
+the baseline is the dense fp32 checkpoint of the uncompressed model.
 """
 
 from __future__ import annotations
@@ -39,16 +41,19 @@ def evaluate(
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 1024,
+    split: str = "val",
 ) -> dict[str, float]:
-    """Top-1 ``accuracy`` (0..1) and mean cross-entropy ``loss`` on the validation split."""
+    """Top-1 ``accuracy`` (0..1) and mean cross-entropy ``loss`` on the validation split (or
+    ``split="test"``)."""
     device = torch.device(device)
     model.to(device)
-    n = len(dataset.y_val)
+    xs, ys = dataset.split(split)
+    n = len(ys)
     correct, loss_sum = 0, 0.0
     with eval_mode(model), torch.inference_mode():
         for start in range(0, n, batch_size):
-            x = dataset.x_val[start : start + batch_size].to(device)
-            y = dataset.y_val[start : start + batch_size].to(device)
+            x = xs[start : start + batch_size].to(device)
+            y = ys[start : start + batch_size].to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(dim=1) == y).sum())
@@ -128,6 +133,20 @@ def measure_latency(
     return {"latency_ms": median * 1e3, "throughput": batch_size / median}
 
 
+def held_out_metrics(
+    model: nn.Module, dataset: Dataset, baseline: dict | None = None, *,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:  # fmt: skip
+    """``test_accuracy`` on the test split the search never sees, and ``test_accuracy_drop``
+    against ``baseline["test_accuracy"]`` when given; nothing for a dataset without one."""
+    if dataset.x_test is None:
+        return {}
+    out = {"test_accuracy": evaluate(model, dataset, device=device, split="test")["accuracy"]}
+    if (baseline or {}).get("test_accuracy") is not None:
+        out["test_accuracy_drop"] = baseline["test_accuracy"] - out["test_accuracy"]
+    return out
+
+
 def compute_metrics(
     model: nn.Module,
     dataset: Dataset,
@@ -147,6 +166,7 @@ def compute_metrics(
     metrics: dict[str, float | int] = {**quality}
     if baseline.get("accuracy") is not None:
         metrics["accuracy_drop"] = baseline["accuracy"] - quality["accuracy"]
+    metrics |= held_out_metrics(model, dataset, baseline, device=device)
     metrics |= {"params": params, "nonzero_params": nonzero, "size_bytes": size}
     if baseline.get("size_bytes") is not None:
         metrics["compression_ratio"] = baseline["size_bytes"] / size

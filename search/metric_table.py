@@ -6,6 +6,9 @@ and the ones marked ``positive`` are modelled in log space (:mod:`.warp`). Whoev
 trial records every one of them; a layer above this library that needs the names (the API,
 the workers) imports them from here.
 
+:data:`REPORTED_METRICS` are measured on the test split, which the search never sees: every
+trial reports them, but an objective or constraint may not name them.
+
 A value of a metric is usable when it is a finite number: not None, not a bool, not NaN or
 infinite (:func:`is_finite`, :func:`finite_values`).
 """
@@ -17,7 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["METRICS", "METRIC_TABLE", "Goal", "Metric", "finite_values", "is_finite"]
+__all__ = [
+    "METRICS", "METRIC_TABLE", "REPORTED_METRICS", "Goal", "Metric", "finite_values", "is_finite",
+]  # fmt: skip
 
 #: Which way is better: ``"max"`` or ``"min"``.
 Goal = Literal["max", "min"]
@@ -85,6 +90,21 @@ METRIC_TABLE: dict[str, Metric] = {
 
 #: The metric names, in order.
 METRICS: tuple[str, ...] = tuple(METRIC_TABLE)
+
+#: Metrics a trial reports but no objective or constraint may name: measured on the test split
+#: the search never sees (select on validation, report on test).
+REPORTED_METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("test_accuracy", "max", "fraction", "top-1 on the test split, fraction 0..1"),
+        Metric(
+            "test_accuracy_drop",
+            "min",
+            "fraction",
+            "baseline test_accuracy minus this trial's, absolute fraction",
+        ),
+    )
+}
 
 
 def is_finite(value: Any) -> bool:

@@ -54,11 +54,17 @@ class SearchSpaceError(ValueError):
         self.message = message
 
 
+# Step keys whose value is an object of settings (a stage's schedule or fine-tuning): their
+# inner values may be ranges or choices, with paths such as "0.schedule.stages".
+NESTED_KEYS = ("schedule", "finetune")
+
+
 @dataclass(frozen=True)
 class Param:
     """One free parameter of a strategy.
 
-    ``path`` is ``"<step index>.<param name>"``, e.g. ``"0.sparsity"``. Ranges (``float``,
+    ``path`` is ``"<step index>.<param name>"``, e.g. ``"0.sparsity"``, or
+    ``"<step index>.<stage key>.<setting>"``, e.g. ``"0.schedule.stages"``. Ranges (``float``,
     ``int``) have ``low < high`` and may be searched in log space; choices list their values.
     """
 
@@ -336,7 +342,11 @@ class SearchSpace:
         for param in strategy.params:
             if param.path not in candidate.params:
                 raise ValueError(f"candidate of {strategy.name!r} has no value for {param.path!r}")
-            steps[param.step_index][param.name] = copy.deepcopy(candidate.params[param.path])
+            *outer, name = param.name.split(".")
+            target = steps[param.step_index]
+            for key in outer:  # a stage setting (schedule, finetune) of the step
+                target = target[key]
+            target[name] = copy.deepcopy(candidate.params[param.path])
         return steps
 
     def __repr__(self) -> str:
@@ -369,6 +379,16 @@ def _parse_strategy(item: Any, where: str) -> StrategySpace:
         if not isinstance(step.get("op"), str):
             raise SearchSpaceError(f"{step_where}.op", "must be a string naming the operation")
         for key, value in step.items():
+            if key in NESTED_KEYS:  # a stage setting: its own values may be ranges or choices
+                if not isinstance(value, Mapping):
+                    raise SearchSpaceError(f"{step_where}.{key}", "must be an object")
+                for inner, inner_value in value.items():
+                    param = _parse_param(
+                        f"{j}.{key}.{inner}", inner_value, f"{step_where}.{key}.{inner}"
+                    )
+                    if param is not None:
+                        params.append(param)
+                continue
             param = _parse_param(f"{j}.{key}", value, f"{step_where}.{key}")
             if param is not None:
                 params.append(param)

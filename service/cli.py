@@ -4,8 +4,13 @@
     autocompress serve [--host --port]    # the HTTP API (embedded workers unless a broker is set)
     autocompress worker [--concurrency]   # a Celery worker (one process per GPU)
     autocompress db upgrade|current       # Alembic: the only way the schema changes
-    autocompress apikey create --name ci  # prints a token once; stored as an HMAC
+    autocompress apikey create --name ci [--admin]  # prints a token once; stored as an HMAC
+    autocompress apikey list | revoke ID  # a revoked key gets 401
+    autocompress submit job.json --wait   # the client verbs (client/commands.py): submit, jobs,
+    autocompress status|trials|pareto|cancel JOB   # status, trials, pareto, download, export,
+    autocompress download|export TRIAL    # cancel; server from AUTOCOMPRESS_URL/_API_KEY
     autocompress evaluate CKPT --dataset builtin:mnist
+    autocompress export CKPT --format onnx|pt2 --output model.onnx   # here, from a checkpoint
     autocompress apply --architecture lenet-300-100 --weights w.safetensors \
         --dataset builtin:mnist --strategy '[{"op": "mpd", "blocks": 10}]' \
         --finetune '{"method": "masked", "epochs": 2}' --output packed.safetensors
@@ -15,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from service.core.logs import configure_logging
 from service.core.settings import get_settings
 
 
@@ -33,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=args.log_level,
+        log_config=None,  # keep the handler of service.core.logs (plain or JSON lines)
     )
     return 0
 
@@ -78,22 +84,27 @@ def _apikey(args: argparse.Namespace) -> int:
     from service.core.db import ApiKey, db_now, prepare_database, session_scope
 
     settings = get_settings()
+    settings.ensure_dirs()  # a first `apikey create` may come before the server ever ran
     prepare_database(settings.database_url, auto_upgrade=settings.is_sqlite)
     with session_scope(settings.database_url) as session:
         if args.action == "create":
-            key, token = create_api_key(session, args.name, settings.secret_key.get_secret_value())
-            print(json.dumps({"id": key.id, "name": key.name, "token": token}))
+            key, token = create_api_key(
+                session, args.name, settings.secret_key.get_secret_value(), admin=args.admin
+            )
+            print(json.dumps({"id": key.id, "name": key.name, "admin": key.admin, "token": token}))
             print("the token is shown only now; the server stores only its HMAC", file=sys.stderr)
         elif args.action == "revoke":
-            key = session.get(ApiKey, args.id)
+            key_id = args.key_id if args.key_id is not None else args.id
+            key = session.get(ApiKey, key_id) if key_id is not None else None
             if key is None:
-                print(f"no API key {args.id}", file=sys.stderr)
+                print(f"no API key {key_id}", file=sys.stderr)
                 return 1
             key.revoked_at = db_now(session)
+            print(json.dumps({"id": key.id, "name": key.name, "revoked": True}))
         else:
             for key in session.scalars(select(ApiKey).order_by(ApiKey.id)):
                 print(json.dumps({"id": key.id, "name": key.name, "prefix": key.prefix,
-                                  "revoked": key.revoked_at is not None}))
+                                  "admin": key.admin, "revoked": key.revoked_at is not None}))
     return 0
 
 
@@ -123,6 +134,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """`export CHECKPOINT`: export a packed checkpoint file here; `export TRIAL` (a trial id,
+    not a file): download the export the server makes (the client verb)."""
+    if not Path(args.target).is_file() and args.target.isdigit():
+        from client.commands import _export as download_export
+        from client.commands import run
+
+        args.trial = int(args.target)
+        return run(download_export, args)
+    from operators.export import MissingExtra, export_checkpoint
+
+    output = Path(args.output or Path(args.target).with_suffix(f".{args.format}").name)
+    shape = _json_arg(args.input_shape, "--input-shape") if args.input_shape else None
+    try:
+        size = export_checkpoint(Path(args.target), args.format, output, input_shape=shape)
+    except FileNotFoundError:
+        print(f"error: no checkpoint file {args.target}", file=sys.stderr)
+        return 1
+    except (ValueError, MissingExtra) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"checkpoint": args.target, "format": args.format, "path": str(output),
+                      "size_bytes": size}))  # fmt: skip
+    return 0
+
+
 def _json_arg(text: str, name: str):
     """A JSON command-line value, or the JSON in a file given as ``@path``."""
     try:
@@ -137,11 +174,10 @@ def _apply(args: argparse.Namespace) -> int:
     import torch
 
     from operators import (
-        apply_strategy,
         evaluate,
-        finetune,
         load_dataset,
         load_weights,
+        run_strategy,
         save_checkpoint,
         save_dense_checkpoint,
     )
@@ -150,7 +186,12 @@ def _apply(args: argparse.Namespace) -> int:
     steps = _json_arg(args.strategy, "strategy")
     spec = dict(_json_arg(args.finetune, "finetune"))
     device = torch.device(args.device)
-    model = load_weights(Path(args.weights), args.architecture, config)
+    key_map = _json_arg(args.key_map, "key-map") if args.key_map else None
+    try:
+        model = load_weights(Path(args.weights), args.architecture, config, key_map=key_map,
+                             max_params=get_settings().max_model_params)
+    except ValueError as exc:  # a SourceError names the field: --architecture, --config, ...
+        raise SystemExit(f"{getattr(exc, 'field', 'weights')}: {exc}") from None
     dataset = load_dataset(args.dataset, get_settings().data_roots)
     with tempfile.TemporaryDirectory() as tmp:
         dense_bytes = save_dense_checkpoint(
@@ -158,8 +199,11 @@ def _apply(args: argparse.Namespace) -> int:
         )
     baseline = {"accuracy": evaluate(model, dataset, device=device)["accuracy"],
                 "size_bytes": dense_bytes}  # fmt: skip
-    cm = apply_strategy(model.cpu(), steps, example_input=dataset.calibration_batch())
-    finetune(cm, dataset, method=spec.pop("method", "masked"), seed=args.seed, device=device, **spec)
+    try:  # staged strategies too: a step's own finetune, a schedule (operators.train.staged)
+        cm = run_strategy(model.cpu(), steps, dataset, spec,
+                          example_input=dataset.calibration_batch(), seed=args.seed, device=device)  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(f"--strategy: {exc}") from None
     cm.model.to("cpu")
     size = save_checkpoint(
         cm,
@@ -200,12 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apikey", help="create, list or revoke API keys")
     p.add_argument("action", choices=["create", "list", "revoke"])
     p.add_argument("--name", default="default")
+    p.add_argument("key_id", nargs="?", type=int, default=None, help="the key to revoke")
     p.add_argument("--id", type=int, default=None, help="the key to revoke")
+    p.add_argument("--admin", action="store_true", help="create: a key that sees every tenant")
     p.set_defaults(func=_apikey)
 
     p = sub.add_parser("demo", help="train LeNet-300-100 on MNIST and compress it, end to end")
     p.add_argument("--trials", type=int, default=10)
-    p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs per trial")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="fine-tuning epochs per stage (the demo's strategy has three stages)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=0, help="0 = a free port")
     p.set_defaults(func=_demo)
@@ -231,10 +278,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("export", help="export a packed checkpoint (or, given a trial id, the "
+                       "server's export of that trial) as ONNX or .pt2")  # fmt: skip
+    p.add_argument("target", metavar="CHECKPOINT|TRIAL",
+                   help="a packed checkpoint file, or the id of a trial on the server")  # fmt: skip
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("--output", default=None, help="file to write (default: NAME.onnx / NAME.pt2)")
+    p.add_argument("--input-shape", default=None,
+                   help="per-sample input shape as JSON, e.g. [1, 28, 28] (default: the one "
+                   "the checkpoint records)")  # fmt: skip
+    p.add_argument("--url", default=None, help="with a trial id: the server ($AUTOCOMPRESS_URL)")
+    p.add_argument("--api-key", default=None, help="with a trial id: $AUTOCOMPRESS_API_KEY")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("apply", help="compress a model with a strategy and write its checkpoint")
-    p.add_argument("--architecture", required=True, help="a model zoo name, e.g. lenet-300-100")
-    p.add_argument("--config", default="{}", help="JSON keyword arguments of the architecture")
+    p.add_argument("--architecture", required=True,
+                   help="source:name, e.g. lenet-300-100 (zoo), timm:resnet18, "
+                   "hf:image-classification, torchvision:resnet18")  # fmt: skip
+    p.add_argument("--config", default="{}",
+                   help="JSON keyword arguments of the architecture (hf: a config.json object)")
     p.add_argument("--weights", required=True, help="a safetensors state_dict")
+    p.add_argument("--key-map", default=None,
+                   help='JSON renaming the weights: {"old": "new"} or {"prefix": {"0.": "fc1."}}')
     p.add_argument("--dataset", required=True, help="e.g. builtin:mnist")
     p.add_argument("--strategy", required=True, help="JSON list of steps, or @file.json")
     p.add_argument("--finetune", default='{"method": "none"}', help="JSON fine-tune settings")
@@ -242,15 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_apply)
+
+    from client.commands import add_commands
+
+    add_commands(sub, taken=set(sub.choices))  # submit, jobs, status, trials, pareto, ...
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(get_settings(), args.log_level)
     return args.func(args) or 0
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -29,16 +30,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh Postgres database for one test, dropped afterwards."""
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh Postgres database (its SQLAlchemy URL), dropped afterwards."""
     name = f"ac_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh Postgres database for one test, dropped afterwards."""
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -102,6 +112,7 @@ class Stack:
             "AUTOCOMPRESS_LEASE_SECONDS": "4",
             "AUTOCOMPRESS_HEARTBEAT_SECONDS": "1",
             "AUTOCOMPRESS_SWEEP_SECONDS": "1",
+            "AUTOCOMPRESS_REQUEUE_GRACE_SECONDS": "10",  # a lost message is re-sent within 10 s
             "OMP_NUM_THREADS": "1",
         }
         (tmp / "data").mkdir(exist_ok=True)
@@ -161,6 +172,23 @@ def make_stack(tmp_path: Path) -> Iterator:
         stack.close()
 
 
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """`make_stack` for a whole test module (one server for its tests); `make(**env)` adds
+    AUTOCOMPRESS_* settings, e.g. make(AUTOCOMPRESS_REQUIRE_API_KEY="true")."""
+    stacks: list[Stack] = []
+
+    def make(database_url: str = "", broker_url: str = "", **env: str) -> Stack:
+        stack = Stack(tmp_path_factory.mktemp("stack"), database_url, broker_url)
+        stack.env.update(env)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
+
+
 def train_small_model(path: Path, architecture: str, config: dict, dataset: str, epochs: float) -> Path:
     """A quickly trained model saved as safetensors, to register over HTTP."""
     import torch
@@ -176,6 +204,18 @@ def train_small_model(path: Path, architecture: str, config: dict, dataset: str,
         train(model, load_dataset(dataset), epochs=epochs, lr=3e-3, batch_size=64, seed=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+DIGITS_CONFIG = {"in_features": 64, "hidden": [64], "num_classes": 10}
+
+
+def serve_digits_model(stack: Stack, weights: Path) -> int:
+    """Start the stack's API server and register the digits MLP through the client; its id."""
+    from client import Client
+
+    stack.serve()
+    with Client(stack.url) as api:
+        return api.register_model(weights, "mlp", DIGITS_CONFIG, name="digits")["id"]
 
 
 @pytest.fixture(scope="session")

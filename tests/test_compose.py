@@ -59,3 +59,13 @@ def test_worker_reserves_one_gpu_and_shares_artifacts_with_api() -> None:
     assert "artifacts" in mounts("api") & mounts("worker")
     pg_db = services["postgres"]["environment"]["POSTGRES_DB"]
     assert services["api"]["environment"]["AUTOCOMPRESS_DATABASE_URL"].endswith(f"/{pg_db}")
+
+
+def test_flower_watches_the_same_broker_as_the_workers() -> None:
+    services = load()["services"]
+    flower = services["flower"]
+    assert flower["image"].startswith("mher/flower")
+    broker = services["worker"]["environment"]["AUTOCOMPRESS_BROKER_URL"]
+    assert f"--broker={broker}" in command_of(flower) and "flower" in command_of(flower)
+    assert "redis" in flower["depends_on"]
+    assert any(str(p).endswith(":5555") for p in flower["ports"])

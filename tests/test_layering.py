@@ -12,7 +12,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("operators", "search", "workers", "service")
+PACKAGES = ("operators", "search", "workers", "service", "client")
 
 
 def test_import_linter_contracts_are_kept() -> None:

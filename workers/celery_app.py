@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import signals
 
 from service.core.db import check_schema
+from service.core.logs import configure_logging
 from service.core.settings import get_settings
 from workers import jobs
 from workers.celery_config import ADVANCE_JOB, EVALUATE_TRIAL, make_celery
@@ -28,6 +29,12 @@ def advance_job_task(job_id: int) -> None:
 @app.task(name=EVALUATE_TRIAL)
 def evaluate_trial_task(trial_id: int, attempt: int) -> None:
     jobs.evaluate_trial(get_settings(), dispatcher, trial_id, attempt)
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
+    """Celery leaves logging to us when this signal has a receiver: plain or JSON lines."""
+    configure_logging(get_settings(), loglevel or "INFO")
 
 
 @signals.worker_ready.connect

@@ -1,8 +1,12 @@
 """The Celery configuration shared by the senders (API, workers) and `autocompress worker`.
 
-JSON messages only, late acknowledgement, prefetch of one, a broker visibility timeout above
-the hard time limit. Importing this module has no side effect; the worker's app with its tasks
-is `workers.celery_app`.
+JSON messages only, late acknowledgement, prefetch of one. The broker visibility timeout is
+short (`visibility_timeout_seconds`, minutes, not the trial's hours): a message whose worker
+died unacknowledged comes back soon, and one redelivered while its trial still runs claims
+nothing (the compare-and-set on the row), so the lease on the database, not the broker,
+decides who runs a trial. Sending gives up after about a second when the broker is down (the
+sweeper re-sends from the rows). Importing this module has no side effect; the worker's app
+with its tasks is `workers.celery_app`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 60),
-        broker_transport_options={"visibility_timeout": settings.task_time_limit + 3600},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        broker_connection_timeout=2,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.3,
+            "interval_max": 0.5,
+        },
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,

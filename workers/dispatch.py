@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 
+from service.core.dispatch import DispatchUnavailable
 from service.core.settings import Settings
 from workers import jobs
 from workers.celery_config import ADVANCE_JOB, EVALUATE_TRIAL, QUEUE, make_celery
@@ -32,10 +34,17 @@ class CeleryDispatcher:
         return cls(make_celery(settings))
 
     def advance_job(self, job_id: int) -> None:
-        self.app.send_task(ADVANCE_JOB, args=[job_id], queue=QUEUE)
+        self._send(ADVANCE_JOB, [job_id])
 
     def evaluate_trial(self, trial_id: int, attempt: int) -> None:
-        self.app.send_task(EVALUATE_TRIAL, args=[trial_id, attempt], queue=QUEUE)
+        self._send(EVALUATE_TRIAL, [trial_id, attempt])
+
+    def _send(self, task: str, args: list[int]) -> None:
+        """Send one message; an unreachable broker is `DispatchUnavailable` (the API's 503)."""
+        try:
+            self.app.send_task(task, args=args, queue=QUEUE)
+        except (BrokerError, OSError) as exc:
+            raise DispatchUnavailable(f"the message broker is unreachable: {exc}") from exc
 
 
 class LocalDispatcher:

@@ -20,28 +20,39 @@ from safetensors.torch import load_file
 
 from operators import (
     Dataset,
-    apply_strategy,
-    build_model,
     compute_metrics,
     count_macs,
     count_params,
     evaluate,
-    finetune,
+    held_out_metrics,
     load_checkpoint,
     load_dataset,
     measure_latency,
+    run_strategy,
     save_checkpoint,
     save_dense_checkpoint,
 )
+from operators.models.sources import build, split_record_config
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A registered model as the worker sees it: architecture, config and a weights file."""
+    """A registered model as the worker sees it: architecture (``source:name``, built through
+    :mod:`operators.models.sources`), config and a weights file. A config as the model record
+    stores it has the input spec in it: it is split off into ``input_shape`` / ``input_dtype``."""
 
     architecture: str
     config: dict[str, Any]
     weights_path: Path
+    input_shape: list[int] | None = None
+    input_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        config, shape, dtype = split_record_config(self.config)
+        if shape is not None or len(config) != len(self.config):
+            object.__setattr__(self, "config", config)
+            object.__setattr__(self, "input_shape", shape)
+            object.__setattr__(self, "input_dtype", dtype)
 
 
 _model_cache: OrderedDict[Path, dict[str, torch.Tensor]] = OrderedDict()
@@ -59,7 +70,7 @@ def load_model(source: ModelSource) -> torch.nn.Module:
                 _model_cache.popitem(last=False)
         else:
             _model_cache.move_to_end(source.weights_path)
-    model = build_model(source.architecture, source.config)
+    model = build(source.architecture, source.config)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -101,6 +112,7 @@ def compute_baseline(
     params, nonzero = count_params(model)
     return {
         **quality,
+        **held_out_metrics(model, dataset, device=device),  # test_accuracy, when there is one
         "size_bytes": size,
         "params": params,
         "nonzero_params": nonzero,
@@ -124,25 +136,33 @@ def run_trial(
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[float], None] | None = None,
     metadata: dict[str, Any] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Apply the steps, fine-tune, write the packed checkpoint, and measure it as reloaded."""
+    """Apply the steps, fine-tune, write the packed checkpoint, and measure it as reloaded.
+    `on_stage` hears each stage's name as it begins: load, apply, finetune, save, measure."""
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name)
+
     started = time.perf_counter()
+    stage("load")
     model = load_model(source)
     dataset = load_dataset(dataset_ref, data_roots)
-    compressed = apply_strategy(model, steps, example_input=dataset.calibration_batch())
-    spec = dict(finetune_spec)
-    method = spec.pop("method", "masked")
-    finetune(
-        compressed,
+    compressed = run_strategy(  # stage by stage: ops, then fine-tuning (operators.train.staged)
+        model,
+        steps,
         dataset,
-        method=method,
+        finetune_spec,
+        example_input=dataset.calibration_batch(),
         seed=seed,
         device=device,
         should_stop=should_stop,
         on_progress=on_progress,
-        **spec,
+        on_stage=stage,
     )
     compressed.model.to("cpu")
+    stage("save")
     save_checkpoint(
         compressed,
         checkpoint_path,
@@ -150,6 +170,7 @@ def run_trial(
         config=source.config,
         metadata=metadata,
     )
+    stage("measure")
     packed, _manifest = load_checkpoint(checkpoint_path, device=device)
     metrics = compute_metrics(
         packed,

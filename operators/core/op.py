@@ -88,6 +88,7 @@ class Op:
 
     name: ClassVar[str] = ""
     STRUCTURAL: ClassVar[bool] = False  # True for ops that physically resize layers
+    STRENGTH: ClassVar[str | None] = None  # the fraction a ``schedule`` ramps up (e.g. sparsity)
     PACKERS: ClassVar[dict[str, dict[type[nn.Module], type[nn.Module]]]] = {}
     include: str | None = None
     exclude: str | None = None
@@ -139,6 +140,12 @@ class Op:
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
         """Compress ``cm`` in place; return what was done (JSON-ready) for the report."""
         raise NotImplementedError
+
+    def staged(self, previous: float, target: float) -> Op:
+        """This op for one stage of a schedule: from strength ``previous`` (already applied) to
+        ``target``, both fractions of the original layers. Masking ops re-apply at ``target``
+        (their masks accumulate); ops that remove what they prune override this."""
+        return dataclasses.replace(self, **{self.STRENGTH: target})
 
 
 # -- layer selection --------------------------------------------------------------------------

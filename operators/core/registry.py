@@ -129,6 +129,12 @@ class PackedModule(nn.Module):
     def executed_macs(self, output: torch.Tensor) -> int:
         raise NotImplementedError
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight, decoded on each read, for model code that reads a layer's
+        ``.weight`` (Hugging Face models read its dtype); the packed form computes without it."""
+        return self.to_dense().weight
+
 
 PACKERS: dict[str, dict[type[nn.Module], type[PackedModule]]] = {}
 OPS: dict[str, type[Op]] = {}

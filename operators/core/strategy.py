@@ -72,12 +72,17 @@ class Compose:
         """Project a deep copy of ``model`` onto every op's constraint set, in order."""
         cm = CompressedModel(copy.deepcopy(model), teacher=model)
         cm.example_input = example_input if example_input is not None else infer_example(model)
-        for op in self.ops:
-            details = op.apply(cm)
-            cm.ops.append(op)
-            cm.enforce()
-            cm.report.append({"op": op.name, "params": op.params(), **details})
-        return cm
+        return extend(cm, self.ops)
+
+
+def extend(cm: CompressedModel, ops: list[Op]) -> CompressedModel:
+    """Apply ``ops`` in order to ``cm`` in place (after the ops it already carries)."""
+    for op in ops:
+        details = op.apply(cm)
+        cm.ops.append(op)
+        cm.enforce()
+        cm.report.append({"op": op.name, "params": op.params(), **details})
+    return cm
 
 
 def infer_example(model: nn.Module) -> torch.Tensor | None:

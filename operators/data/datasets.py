@@ -13,7 +13,8 @@ split for the metrics. :func:`load_dataset` understands these references:
                           ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``): Fashion-MNIST, KMNIST,
                           EMNIST. Images become (1, H, W) scaled to [0, 1], not normalised.
 ``npz:<file>``            arrays ``x_train, y_train, x_val, y_val`` used as they are (x cast to
-                          float32, y to int64); loaded with ``allow_pickle=False``.
+                          float32, y to int64); loaded with ``allow_pickle=False`` after its
+                          ``.npy`` headers are checked (:func:`inspect_npz`).
 ========================  ====================================================================
 
 ``idx:`` and ``npz:`` paths are resolved against the configured data roots, in order; a path
@@ -25,8 +26,12 @@ modify them in place.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import math
 import threading
+import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -48,6 +53,11 @@ IDX_FILES = {
 _IDX_MAGIC = {3: 2051, 1: 2049}  # number of dimensions -> magic number (unsigned bytes)
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
+# Datasets that come with only train and test files (MNIST's idx files, the digits split) keep
+# the test files as the test split and cut this fraction of the training set (seeded) as the
+# validation split the search selects on: 5,000 of MNIST's 60,000, as Condensa does.
+VALIDATION_FRACTION = 1 / 12
+VALIDATION_SEED = 0
 _CACHE_SIZE = 8
 
 
@@ -57,13 +67,23 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq would compare tensors elementwise
 class Dataset:
-    """Train and validation splits as tensors: x float32 ``(N, *input_shape)``, y int64 ``(N,)``."""
+    """Train, validation and (optional) test splits as tensors: x float32 ``(N, *input_shape)``,
+    y int64 ``(N,)``. The search selects on validation; the test split only reports."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
     num_classes: int
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of split ``"train"``, ``"val"`` or ``"test"`` (ValueError if absent)."""
+        x, y = getattr(self, f"x_{name}", None), getattr(self, f"y_{name}", None)
+        if x is None or y is None:
+            raise ValueError(f"split: the dataset has no {name!r} split")
+        return x, y
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -77,13 +97,19 @@ class Dataset:
         return self.x_train[torch.randperm(len(self.x_train), generator=g)[:n]]
 
 
-def load_dataset(ref: str, data_roots: Sequence[Path] = ()) -> Dataset:
-    """Load the dataset named by ``ref`` (see the module docstring for the schemes)."""
+def load_dataset(
+    ref: str, data_roots: Sequence[Path] = (), max_elements: int | None = None
+) -> Dataset:
+    """Load the dataset named by ``ref`` (see the module docstring for the schemes).
+
+    An ``npz:`` file's headers are checked first (see `inspect_npz`): more than
+    ``max_elements`` elements in all (None: no limit) is a DatasetError before anything is
+    inflated."""
     kind, path = _locate(ref, data_roots)
     if kind == "digits":
         return _cached(("builtin:digits",), _load_digits)
     if kind == "npz":
-        return _load_npz(path, ref)
+        return _load_npz(path, ref, max_elements)
     normalize = (MNIST_MEAN, MNIST_STD) if kind == "mnist" else None
     return _load_idx_dir(path, ref, normalize=normalize)
 
@@ -185,8 +211,21 @@ def _load_digits() -> Dataset:
     y = torch.from_numpy(digits.target.astype(np.int64))
     order = torch.from_numpy(np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(y)))
     n_train = int(DIGITS_TRAIN_FRACTION * len(y))
-    train, val = order[:n_train], order[n_train:]
-    return Dataset(x[train], y[train], x[val], y[val], num_classes=10)
+    train, test = order[:n_train], order[n_train:]
+    return hold_out_validation(Dataset(x[train], y[train], x[test], y[test], num_classes=10))
+
+
+def hold_out_validation(dataset: Dataset) -> Dataset:
+    """``dataset``'s validation split becomes its test split, and a seeded
+    :data:`VALIDATION_FRACTION` of its training samples becomes the validation split."""
+    n = len(dataset.y_train)
+    order = torch.from_numpy(np.random.default_rng(VALIDATION_SEED).permutation(n))
+    n_val = max(1, round(VALIDATION_FRACTION * n))
+    val, train = order[:n_val], order[n_val:]
+    return Dataset(
+        dataset.x_train[train], dataset.y_train[train], dataset.x_train[val],
+        dataset.y_train[val], dataset.num_classes, x_test=dataset.x_val, y_test=dataset.y_val,
+    )  # fmt: skip
 
 
 # -- idx --------------------------------------------------------------------------------------
@@ -228,7 +267,7 @@ def _load_idx_dir(
                 tensors[name] = x
             else:
                 tensors[name] = torch.from_numpy(array.astype(np.int64))
-        return _make_dataset(tensors, ref)
+        return hold_out_validation(_make_dataset(tensors, ref))  # t10k is the test split
 
     return _cached(key, load)
 
@@ -263,46 +302,204 @@ def read_idx(path: Path, ndim: int, ref: str = "") -> np.ndarray:
 
 # -- npz --------------------------------------------------------------------------------------
 
+_NPZ_KINDS = {"x": "biuf", "y": "iu"}  # bool/int/uint/float samples, integer labels
+_NPZ_MAX_MEMBERS = 64  # an .npz dataset has 4 arrays; a central directory of millions is refused
+_CHUNK_BYTES = 1 << 20
 
-def _load_npz(path: Path, ref: str) -> Dataset:
+
+@dataclass(frozen=True)
+class NpzSummary:
+    """What the headers of an ``.npz`` dataset declare, checked: shapes and dtypes of
+    ``x_train, y_train, x_val, y_val`` and the number of classes of its labels."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.shapes["x_train"][1:]
+
+    @property
+    def train_samples(self) -> int:
+        return self.shapes["y_train"][0]
+
+    @property
+    def val_samples(self) -> int:
+        return self.shapes["y_val"][0]
+
+
+@dataclass(frozen=True)
+class _Member:
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    data_offset: int  # bytes of .npy header before the data
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+_NPZ_ERRORS = (
+    OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError
+)  # fmt: skip
+
+
+def inspect_npz(
+    path: Path, max_elements: int | None = None, ref: str = "", verify: bool = True
+) -> NpzSummary:
+    """Check an ``.npz`` dataset without holding its arrays in memory; raise DatasetError.
+
+    From the zip's directory and each member's ``.npy`` header: the four arrays exist, no
+    object dtype (no pickle), numeric samples and integer labels, split shapes that agree,
+    at most ``max_elements`` elements in all, and each member's declared uncompressed size
+    equal to its header plus shape times itemsize (so a zip bomb is refused before it is
+    inflated). Then the labels, and with ``verify`` the samples too, are streamed through in
+    1 MiB chunks (zipfile checks each member's CRC at its end): labels must be non-negative,
+    their maximum gives ``num_classes``; nothing bigger than a chunk is ever held. Results
+    are cached per file (path, mtime, size).
+    """
+    return _inspect_cached(_file_stamp(path), max_elements, ref or f"npz:{path.name}", verify)
+
+
+@functools.lru_cache(maxsize=1024)
+def _inspect_cached(
+    stamp: tuple[str, int, int], max_elements: int | None, ref: str, verify: bool
+) -> NpzSummary:
+    try:
+        with zipfile.ZipFile(_checked_zip(Path(stamp[0]), ref)) as archive:
+            members = _npz_members(archive, max_elements, ref)
+            low, high = 0, -1
+            for name, member in members.items():
+                if verify or name.startswith("y"):
+                    lo, hi = _stream_member(archive, member, labels=name.startswith("y"))
+                    low, high = min(low, lo), max(high, hi)
+    except DatasetError:
+        raise
+    except _NPZ_ERRORS as exc:
+        raise DatasetError(f"{ref}: not a readable .npz without pickle: {exc}") from None
+    if low < 0:
+        raise DatasetError(f"{ref}: labels must be non-negative")
+    return NpzSummary(
+        shapes={name: m.shape for name, m in members.items()},
+        dtypes={name: m.dtype.str for name, m in members.items()},
+        num_classes=high + 1,
+    )
+
+
+def _checked_zip(path: Path, ref: str) -> Path:
+    """``path`` if it is a zip whose central directory is small enough to read."""
+    with open(path, "rb") as fh:
+        end = zipfile._EndRecData(fh)  # the end-of-central-directory record, read from the tail
+    if end is None:
+        raise DatasetError(f"{ref}: not a zip file (an .npz is one); empty or truncated upload?")
+    if end[zipfile._ECD_ENTRIES_TOTAL] > _NPZ_MAX_MEMBERS:
+        raise DatasetError(
+            f"{ref}: the archive lists {end[zipfile._ECD_ENTRIES_TOTAL]} members, "
+            f"at most {_NPZ_MAX_MEMBERS} are read"
+        )
+    return path
+
+
+def _npz_members(
+    archive: zipfile.ZipFile, max_elements: int | None, ref: str
+) -> dict[str, _Member]:
+    """The four arrays' headers, checked (see `inspect_npz`); reads only the headers."""
+    names = set(archive.namelist())
+    missing = [name for name in IDX_FILES if f"{name}.npy" not in names]
+    if missing:
+        raise DatasetError(f"{ref}: missing array(s) {', '.join(missing)}")
+    members = {name: _read_member(archive, name, ref) for name in IDX_FILES}
+    total = sum(m.count for m in members.values())
+    if max_elements is not None and total > max_elements:
+        raise DatasetError(
+            f"{ref}: the arrays declare {total} elements, more than the limit of {max_elements}"
+        )
+    _check_split_shapes({name: m.shape for name, m in members.items()}, ref)
+    return members
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, ref: str) -> _Member:
+    info = archive.getinfo(f"{name}.npy")
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise DatasetError(f"{ref}: {name} has .npy format {version}; 1.0 and 2.0 are read")
+        offset = fh.tell()
+    if dtype.hasobject or dtype.kind not in _NPZ_KINDS[name[0]]:
+        what = "integer class labels" if name[0] == "y" else "numbers (bool, int, uint, float)"
+        raise DatasetError(f"{ref}: {name} must hold {what}, got dtype {dtype} (no pickle)")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise DatasetError(f"{ref}: {name} has an invalid shape {shape}")
+    member = _Member(info, tuple(shape), dtype, offset)
+    expected = offset + member.count * dtype.itemsize
+    if info.file_size != expected:
+        raise DatasetError(
+            f"{ref}: {name} declares shape {member.shape} of {dtype} ({expected} bytes with its "
+            f"header) but its zip entry holds {info.file_size} bytes"
+        )
+    return member
+
+
+def _stream_member(archive: zipfile.ZipFile, member: _Member, labels: bool) -> tuple[int, int]:
+    """Read the member to its end in chunks (zipfile checks the CRC there); for labels, their
+    (min, max), else (0, -1)."""
+    low, high = 0, -1
+    step = max(1, _CHUNK_BYTES // member.dtype.itemsize) * member.dtype.itemsize
+    with archive.open(member.info) as fh:
+        fh.read(member.data_offset)
+        while chunk := fh.read(step):
+            if labels:
+                values = np.frombuffer(chunk, dtype=member.dtype)
+                low, high = min(low, int(values.min())), max(high, int(values.max()))
+    return low, high
+
+
+def _load_npz(path: Path, ref: str, max_elements: int | None = None) -> Dataset:
     def load() -> Dataset:
         try:
+            with zipfile.ZipFile(_checked_zip(path, ref)) as archive:
+                _npz_members(archive, max_elements, ref)  # before anything is inflated
             with np.load(path, allow_pickle=False) as archive:
-                missing = [name for name in IDX_FILES if name not in archive.files]
-                if missing:
-                    raise DatasetError(f"{ref}: missing array(s) {', '.join(missing)}")
                 arrays = {name: archive[name] for name in IDX_FILES}
         except DatasetError:
             raise
-        except (OSError, ValueError) as exc:
+        except _NPZ_ERRORS as exc:
             raise DatasetError(f"{ref}: cannot read as .npz without pickle: {exc}") from None
-        tensors = {}
-        for name, array in arrays.items():
-            if name.startswith("y") and not np.issubdtype(array.dtype, np.integer):
-                raise DatasetError(f"{ref}: {name} must hold integer class labels")
-            if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-                raise DatasetError(f"{ref}: {name} must be numeric, got {array.dtype}")
-            dtype = torch.int64 if name.startswith("y") else torch.float32
-            tensors[name] = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        dtypes = {name: torch.int64 if name[0] == "y" else torch.float32 for name in arrays}
+        tensors = {
+            name: torch.from_numpy(np.ascontiguousarray(array)).to(dtypes[name])
+            for name, array in arrays.items()
+        }
         return _make_dataset(tensors, ref)
 
-    return _cached(("npz", _file_stamp(path)), load)
+    return _cached(("npz", _file_stamp(path), max_elements), load)
 
 
 # -- shared -----------------------------------------------------------------------------------
 
 
-def _make_dataset(tensors: dict[str, torch.Tensor], ref: str) -> Dataset:
-    """Check split shapes and labels; ``num_classes`` = largest label + 1."""
+def _check_split_shapes(shapes: dict[str, tuple[int, ...]], ref: str) -> None:
+    """x_<split> (N, ...) and y_<split> (N,) with N > 0; train and val samples alike."""
     for split in ("train", "val"):
-        x, y = tensors[f"x_{split}"], tensors[f"y_{split}"]
-        if y.ndim != 1 or x.ndim < 2 or len(x) != len(y) or len(y) == 0:
+        x, y = shapes[f"x_{split}"], shapes[f"y_{split}"]
+        if len(y) != 1 or len(x) < 2 or x[0] != y[0] or y[0] == 0:
             raise DatasetError(
                 f"{ref}: x_{split} must be (N, ...) and y_{split} (N,) with N > 0, "
-                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+                f"got {x} and {y}"
             )
-    if tensors["x_train"].shape[1:] != tensors["x_val"].shape[1:]:
+    if shapes["x_train"][1:] != shapes["x_val"][1:]:
         raise DatasetError(f"{ref}: train and val samples differ in shape")
+
+
+def _make_dataset(tensors: dict[str, torch.Tensor], ref: str) -> Dataset:
+    """Check split shapes and labels; ``num_classes`` = largest label + 1."""
+    _check_split_shapes({name: tuple(t.shape) for name, t in tensors.items()}, ref)
     labels = torch.cat([tensors["y_train"], tensors["y_val"]])
     if int(labels.min()) < 0:
         raise DatasetError(f"{ref}: labels must be non-negative")

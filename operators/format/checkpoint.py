@@ -12,8 +12,10 @@ The file's string metadata holds, under the key ``"autocompress"``, a compact JS
 ``modules`` lists every module that differs from the base architecture, as a kind of
 :data:`operators.core.registry.MODULE_KINDS` and its constructor arguments: layers that structural
 pruning made smaller (``linear``, ``conv2d``, ``batchnorm2d`` with other shapes) and packed
-runtime modules (``mpd_linear``, ...). The loader builds the base architecture with
-:func:`operators.models.zoo.build_model`, replaces those modules, checks every tensor's shape against
+runtime modules (``mpd_linear``, ...). ``architecture`` is a model source's
+``source:name`` (``timm:resnet18``, ``hf:image-classification``; a bare name is a zoo name) and
+``config`` its keyword arguments. The loader builds the base architecture with
+:func:`operators.models.sources.build`, replaces those modules, checks every tensor's shape against
 the result, fills the weights, and then lets :func:`operators.runtime.select_runtime` choose
 per layer the faster of the packed and dense forms on the device (``runtime="auto"``).
 ``input_shape`` (per sample, when known) gives that measurement the layers' real shapes.
@@ -36,8 +38,8 @@ the smallest for it:
 "Nonzero" is bitwise (``-0.0`` is kept as a value), so a round trip is bit-exact. Storage
 dtype is float32 unless an op chose another one (``quantize``); integer parameters (the int8
 values of ``quantize int8``) keep their dtype and may be stored sparse; buffers are always
-dense in their own dtype. The loader rebuilds the module with :func:`operators.models.zoo.build_model` and
-fills the weights; anything inconsistent in the file is a ValueError.
+dense in their own dtype. The loader rebuilds the module with :func:`operators.models.sources.build`
+and fills the weights; anything inconsistent in the file is a ValueError.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ from torch import nn
 from operators.core.model import CompressedModel
 from operators.core.registry import MODULE_KINDS, PackedModule, build_module, describe
 from operators.format.codecs import block_view, decode_gaps, encode_gaps, nonzero_bits
-from operators.models.zoo import build_model
+from operators.models.sources import SourceError, build, model_info
+from operators.models.weights import mismatch_report, rename
 from operators.runtime import pack_model, select_runtime
 
 MANIFEST_KEY = "autocompress"
@@ -147,7 +150,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def build_packed(architecture: str, config: dict, modules: dict[str, dict]) -> nn.Module:
     """The base architecture with the recorded ``modules`` replaced (``{"kind", "args"}``)."""
-    model = build_model(architecture, config)
+    model = build(architecture, config)
     for name in sorted(modules, key=lambda n: n.count(".")):
         record = modules[name]
         try:
@@ -161,7 +164,7 @@ def build_packed(architecture: str, config: dict, modules: dict[str, dict]) -> n
 def module_changes(model: nn.Module, architecture: str, config: dict) -> dict[str, dict]:
     """``{"kind", "args"}`` of every module of ``model`` that differs from the architecture."""
     with torch.device("meta"):
-        base = dict(build_model(architecture, config).named_modules())
+        base = dict(build(architecture, config).named_modules())
     changes = {}
     for name, module in model.named_modules():
         record = describe(module)
@@ -462,29 +465,41 @@ def load_checkpoint(
 
 
 def load_weights(
-    path: Path, architecture: str, config: dict, device: str | torch.device = "cpu"
+    path: Path,
+    architecture: str,
+    config: dict,
+    device: str | torch.device = "cpu",
+    *,
+    key_map: dict | None = None,
+    max_params: int | None = None,
 ) -> nn.Module:
     """A model of ``architecture`` / ``config`` with the weights of a plain safetensors file.
 
     This reads what users upload as a model's weights: a ``state_dict`` saved with
-    ``safetensors.torch.save_file``. Names and shapes must match the architecture exactly;
-    floating-point tensors are cast to the model's dtype. The model is returned in eval mode.
+    ``safetensors.torch.save_file``, its names renamed by ``key_map``
+    (:mod:`operators.models.weights`). Before anything is allocated the model is sized on the
+    meta device (a :class:`~operators.models.sources.SourceError` above ``max_params``) and
+    the file's header (names and shapes only) is checked against it: a SourceError on field
+    ``weights`` lists the missing, unexpected and wrongly shaped keys. Floating-point tensors
+    are cast to the model's dtype. The model is returned in eval mode.
     """
     path = Path(path)
+    info = model_info(architecture, config, max_params=max_params)
     with _open(path) as f:
-        shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
-        mismatch = _mismatched_tensors(architecture, config, shapes)
-        if mismatch:
-            raise ValueError(
-                f"{path}: weights do not match {architecture} with config {config}: "
-                f"differs in {', '.join(mismatch)}"
-            )
-        model = build_model(architecture, config)
-        for name, target in model.state_dict().items():
-            tensor = f.get_tensor(name)
-            if tensor.is_floating_point() != target.is_floating_point():
-                raise ValueError(
-                    f"{path}: tensor {name!r} is {tensor.dtype}, expected {target.dtype}"
-                )
-            target.copy_(tensor.to(target.dtype))
+        names = rename(list(f.keys()), key_map)
+        shapes = {new: tuple(f.get_slice(old).get_shape()) for new, old in names.items()}
+        report = mismatch_report(info.state_shapes, shapes)
+        if report:
+            raise SourceError(
+                "weights", f"the weights do not fit {architecture} with config {config}: {report}",
+            )  # fmt: skip
+        model = build(architecture, config)
+        with torch.no_grad():
+            for name, target in model.state_dict().items():
+                tensor = f.get_tensor(names[name])
+                if tensor.is_floating_point() != target.is_floating_point():
+                    raise SourceError(
+                        "weights", f"tensor {names[name]!r} is {tensor.dtype}, expected {target.dtype}"
+                    )
+                target.copy_(tensor.to(target.dtype))
     return model.to(device).eval()

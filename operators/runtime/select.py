@@ -83,6 +83,11 @@ class BatchDispatch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.choose(x.shape[0])(x)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense form's weight, for model code that reads a layer's ``.weight``."""
+        return self.dense.weight
+
     def extra_repr(self) -> str:
         wins = [b for b, w in zip(self.batches, self.packed_wins, strict=True) if w]
         return f"packed at batches {wins}"

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api.deps import require_api_key
 from service.api.errors import install_error_handlers
-from service.api.routes import datasets, jobs, models, trials
+from service.api.openapi import install_openapi
+from service.api.routes import datasets, events, jobs, models, observability, report, trials
 from service.core.db import prepare_database
 from service.core.dispatch import Dispatcher
 from service.core.settings import Settings
@@ -28,8 +30,11 @@ autocompress finds how to compress a trained PyTorch model.
 
 1. `POST /v1/models`: register the model (zoo architecture, config, safetensors weights).
 2. `POST /v1/jobs`: objective, search space, fine-tuning, budget (see the example).
-3. Poll `GET /v1/jobs/{id}`; `GET /v1/jobs/{id}/pareto` (JSON) or `/pareto.svg` (picture).
+3. Poll `GET /v1/jobs/{id}`; `GET /v1/jobs/{id}/pareto` (JSON), `/pareto.svg` or `/pareto.png`
+   (picture), `/report` (an HTML page: interactive front, trials, reasons); the job's `links`
+   name them all.
 4. `GET /v1/trials/{id}/checkpoint`: the packed checkpoint, loadable without pickle.
+5. `GET /v1/jobs/{id}/events`: Server-Sent Events as trials start, progress and finish.
 """
 
 Hook = Callable[[], None]
@@ -60,15 +65,22 @@ def create_app(
             for hook in on_shutdown:
                 hook()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the fastapi-offline package's own copies: no CDN at run time
+    app = FastAPIOffline(
+        docs_url="/docs",
+        redoc_url="/redoc",
         title="autocompress",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.metrics = observability.metrics_registry(settings)
     install_error_handlers(app)
-    for module in (models, datasets, jobs, trials):
+    install_openapi(app)  # documents ErrorBody and every error status of each route
+    for module in (models, datasets, jobs, trials, events, report):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
+    app.include_router(report.static_router)  # plotly.js, public like /docs' assets
+    app.include_router(observability.router)  # /metrics, /readyz: for probes and scrapers
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

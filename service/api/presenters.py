@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
 
 from search import METRIC_TABLE, Candidate, Objective, Observation, best_feasible, feasible_front
-from service.api.schemas import JobPublic, Progress, TrialPublic
-from service.core.db import Job, Trial
+from search.metric_table import is_finite
+from service.api.schemas import JobLinks, JobPublic, Progress, TrialPublic
+from service.core.db import TERMINAL_JOB_STATES, Job, Trial, as_utc
 
 #: The front shown for a single objective: accuracy against size, each the way it is better.
 DEFAULT_FRONT = [(name, METRIC_TABLE[name].better) for name in ("accuracy", "size_bytes")]
@@ -28,7 +32,13 @@ def _observations(trials: Sequence[Trial]) -> list[Observation]:
     ]
 
 
-def trial_public(trial: Trial, objective: Objective) -> TrialPublic:
+def finetune_epochs(job: Job) -> float:
+    """The fine-tuning epochs of each of the job's trials."""
+    return float((job.spec.get("finetune") or {}).get("epochs", 1.0))
+
+
+def trial_public(trial: Trial, objective: Objective, epochs: float | None = None) -> TrialPublic:
+    """The trial as the API shows it; `epochs` (the job's fine-tuning epochs) gives `epoch`."""
     feasible = None
     if trial.state == "succeeded" and trial.metrics:
         feasible = objective.is_feasible(trial.metrics)
@@ -45,7 +55,11 @@ def trial_public(trial: Trial, objective: Objective) -> TrialPublic:
         reason=trial.reason,
         error=trial.error,
         attempt=trial.attempt,
+        attempts=trial.attempts or [],
+        worker=trial.worker,
         progress=trial.progress,
+        stage=trial.stage if trial.state == "running" else None,
+        epoch=None if epochs is None else round(trial.progress * epochs, 3),
         device=trial.device,
         checkpoint_url=(
             f"/v1/trials/{trial.id}/checkpoint" if trial.checkpoint_artifact_id else None
@@ -77,11 +91,109 @@ def pareto_trials(trials: Sequence[Trial], objective: Objective) -> list[Trial]:
     return sorted(front, key=lambda t: t.metrics[metric], reverse=goal == "max")
 
 
+def eta_seconds(job: Job, trials: Sequence[Trial], now: datetime | None = None) -> float | None:
+    """Seconds until the job is likely done: the running trials' expected remainder, then
+    waves of `max_parallel` trials of the mean finished duration for the budget left, capped
+    by the time budget; None before a trial has finished, 0 once the job is finished."""
+    if job.state in TERMINAL_JOB_STATES:
+        return 0.0
+    now = now or datetime.now(timezone.utc)
+    durations = [
+        (as_utc(t.finished_at) - as_utc(t.started_at)).total_seconds()
+        for t in trials
+        if t.state in ("succeeded", "failed") and t.started_at and t.finished_at
+    ]
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    budget = job.spec["budget"]
+    running = [t for t in trials if t.state == "running"]
+    done = sum(t.state in TERMINAL_JOB_STATES for t in trials)
+    remaining = [
+        max(0.0, mean - (now - as_utc(t.started_at)).total_seconds())
+        for t in running
+        if t.started_at
+    ]
+    waiting = max(0, budget["max_trials"] - done - len(running))
+    eta = max(remaining, default=0.0) + math.ceil(waiting / max(1, budget["max_parallel"])) * mean
+    if budget.get("max_minutes") and job.started_at:
+        left = budget["max_minutes"] * 60 - (now - as_utc(job.started_at)).total_seconds()
+        eta = min(eta, max(0.0, left) + mean)  # no trial starts after the time budget
+    return round(eta, 1)
+
+
+def constraint_violation(metrics: Mapping[str, Any] | None, objective: Objective) -> float:
+    """How far `metrics` are from meeting the constraints: the sum over bounds of the excess
+    relative to the bound (0 when all hold; inf when a constrained metric is missing)."""
+    total = 0.0
+    for c in objective.constraints:
+        value = (metrics or {}).get(c.metric)
+        if not is_finite(value):
+            return math.inf
+        for bound, excess in ((c.min, (c.min or 0) - value), (c.max, value - (c.max or 0))):
+            if bound is not None and excess > 0:
+                total += excess / max(abs(bound), 1e-12)
+    return total
+
+
+def closest_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
+    """When no trial is feasible: the succeeded trial with the smallest
+    :func:`constraint_violation` (the first on ties); None if one is feasible or none can
+    be measured against the constraints."""
+    if best_trial(trials, objective) is not None:
+        return None
+    scored = [
+        (constraint_violation(t.metrics, objective), t)
+        for t in trials
+        if t.state == "succeeded" and t.metrics
+    ]
+    scored = [(v, t) for v, t in scored if math.isfinite(v)]
+    return min(scored, key=lambda vt: vt[0])[1] if scored else None
+
+
+def violations_text(trial: Trial, objective: Objective) -> str:
+    """The bounds `trial` misses, e.g. ``accuracy_drop 0.034 > max 0.01``."""
+    parts = []
+    for c in objective.constraints:
+        value = (trial.metrics or {}).get(c.metric)
+        if c.max is not None and is_finite(value) and value > c.max:
+            parts.append(f"{c.metric} {value:.4g} > max {c.max:g}")
+        if c.min is not None and is_finite(value) and value < c.min:
+            parts.append(f"{c.metric} {value:.4g} < min {c.min:g}")
+    return ", ".join(parts)
+
+
+def job_stop_reason(
+    job: Job, best: Trial | None, closest: Trial | None, objective: Objective
+) -> str | None:
+    """The job's `stop_reason`; for a job that finished with no feasible trial, followed by
+    that it found none and which trial came closest (the search itself is unchanged)."""
+    if job.state != "succeeded" or best is not None:
+        return job.stop_reason
+    text = "no trial met the constraints"
+    if closest is not None:
+        text += f"; closest: trial {closest.number} ({violations_text(closest, objective)})"
+    return f"{job.stop_reason}; {text}" if job.stop_reason else text
+
+
+def job_links(job_id: int) -> JobLinks:
+    """The URLs of the job's results (see :class:`JobLinks`)."""
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(
+        trials=f"{base}/trials",
+        pareto=f"{base}/pareto",
+        pareto_svg=f"{base}/pareto.svg",
+        pareto_png=f"{base}/pareto.png",
+        report=f"{base}/report",
+    )
+
+
 def job_public(job: Job, trials: Sequence[Trial]) -> JobPublic:
     objective = objective_of(job)
     done = sum(t.state in ("succeeded", "failed", "cancelled") for t in trials)
     total = job.spec["budget"]["max_trials"]
     best = best_trial(trials, objective)
+    closest = closest_trial(trials, objective)
     return JobPublic(
         id=job.id,
         model_id=job.model_id,
@@ -92,10 +204,13 @@ def job_public(job: Job, trials: Sequence[Trial]) -> JobPublic:
             running=sum(t.state == "running" for t in trials),
             queued=sum(t.state == "queued" for t in trials),
             fraction=1.0 if job.state in ("succeeded", "failed", "cancelled") else done / total,
+            eta_seconds=eta_seconds(job, trials),
         ),
-        best=trial_public(best, objective) if best else None,
+        best=trial_public(best, objective, finetune_epochs(job)) if best else None,
+        closest=trial_public(closest, objective, finetune_epochs(job)) if closest else None,
+        links=job_links(job.id),
         baseline=job.baseline,
-        stop_reason=job.stop_reason,
+        stop_reason=job_stop_reason(job, best, closest, objective),
         error=job.error,
         spec=job.spec,
         created_at=job.created_at,

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.core.db import MAX_ID
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TrialState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -25,9 +27,15 @@ EXAMPLE_JOB = {
     "search_space": {
         "strategies": [
             {
-                "name": "prune+fp16",
+                "name": "gradual-prune+cluster+fp16",
                 "steps": [
-                    {"op": "prune", "scope": "global", "sparsity": {"min": 0.8, "max": 0.985}},
+                    {
+                        "op": "prune",
+                        "scope": "global",
+                        "sparsity": {"min": 0.9, "max": 0.99},
+                        "schedule": {"stages": 2, "ramp": "cubic"},
+                    },
+                    {"op": "cluster", "bits": {"choices": [3, 4, 5]}},
                     {"op": "quantize", "dtype": "float16"},
                 ],
             }
@@ -35,7 +43,7 @@ EXAMPLE_JOB = {
     },
     "finetune": {
         "method": "masked",
-        "epochs": 2,
+        "epochs": 1,
         "lr": 1e-3,
         "batch_size": 128,
         "schedule": "cosine",
@@ -101,7 +109,9 @@ class JobCreate(Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
 
-    model_id: int = Field(description="A model registered with POST /v1/models.")
+    model_id: int = Field(
+        ge=1, le=MAX_ID, description="A model registered with POST /v1/models."
+    )
     dataset: str = Field(
         description="builtin:mnist, builtin:digits, idx:<dir>, npz:<file> (paths inside the "
         "server's data roots).",
@@ -111,9 +121,13 @@ class JobCreate(Strict):
         description='{"maximize"|"minimize": metric, "constraints": [{"metric", "min"|"max"}]} or '
         '{"pareto": [{"metric", "goal"}], "constraints": [...]}'
     )
-    search_space: dict[str, Any] = Field(
+    search_space: dict[str, Any] | None = Field(
+        None,
         description='{"strategies": [{"name", "steps": [{"op", <param>: value | {"min","max"} | '
-        '{"choices"}}]}]}'
+        '{"choices"}, "schedule"?: {"stages", "ramp"}, "finetune"?: {...}}]}]}. Omitted: the '
+        "service's default space, built from the ops that fit the model's layers (staged pruning "
+        "with clustering, one-shot pruning, channel removal, low rank, MPD, each with float16); "
+        "the job's JSON then shows the space it searched.",
     )
     finetune: Finetune = Field(default_factory=Finetune)
     budget: Budget = Field(default_factory=Budget)
@@ -128,13 +142,44 @@ class JobCreate(Strict):
 
 
 class ModelPublic(BaseModel):
+    """A registered model: where its architecture comes from, its config and its input."""
+
     id: int
     name: str
-    architecture: str
-    config: dict[str, Any]
+    architecture: str = Field(
+        description="`source:name`: a zoo name (bare or `zoo:<name>`), `timm:<model_name>`, "
+        "`hf:<task>` or `torchvision:<name>`.",
+        examples=["timm:resnet18", "hf:image-classification", "lenet-300-100"],
+    )
+    source: str = Field(description="The model source: zoo, timm, hf, torchvision, ...")
+    config: dict[str, Any] = Field(
+        description="The source's keyword arguments (zoo, timm, torchvision) or the Hugging "
+        "Face config.json object (hf)."
+    )
+    input_shape: list[int] | None = Field(
+        None, description="One sample's shape, e.g. [3, 32, 32], or [128] token ids."
+    )
+    input_dtype: Literal["float32", "int64"] = Field(
+        "float32", description="float32, or int64 for token ids."
+    )
     params: int
     size_bytes: int = Field(description="Bytes of the uploaded weights file.")
     created_at: datetime | None = None
+
+
+class AttemptPublic(BaseModel):
+    """An earlier attempt of a trial, and how it ended."""
+
+    attempt: int
+    worker: str | None = Field(
+        None, description="The pool process that ran it, hostname:pid.", examples=["gpu-3:4242"]
+    )
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str = Field(
+        description="How it ended, e.g. the lease expired because its worker was lost.",
+        examples=["attempt 1: lease expired (worker gpu-3:4242 lost)"],
+    )
 
 
 class TrialPublic(BaseModel):
@@ -150,9 +195,25 @@ class TrialPublic(BaseModel):
     metrics: dict[str, Any] | None = Field(None, description="The job-spec metrics, measured.")
     feasible: bool | None = Field(None, description="Whether the metrics meet the constraints.")
     reason: dict[str, Any] | None = Field(None, description="Why the optimiser proposed it.")
-    error: str | None = None
+    error: str | None = Field(None, description="Why the last attempt failed, if it did.")
     attempt: int
-    progress: float
+    attempts: list[AttemptPublic] = Field(
+        default_factory=list,
+        description="The attempts before the current one (re-runs after a lost worker), oldest "
+        "first; the current attempt's failure is `error`.",
+    )
+    worker: str | None = Field(
+        None, description="The pool process running or that ran this attempt, hostname:pid."
+    )
+    progress: float = Field(description="Fraction 0..1 of the trial's fine-tuning done.")
+    stage: str | None = Field(
+        None,
+        description="What a running trial is doing: load, apply, finetune, save or measure.",
+        examples=["finetune"],
+    )
+    epoch: float | None = Field(
+        None, description="Fine-tuning epochs done so far (progress times the job's epochs)."
+    )
     device: str | None = None
     checkpoint_url: str | None = None
     created_at: datetime | None = None
@@ -166,6 +227,31 @@ class Progress(BaseModel):
     running: int
     queued: int
     fraction: float
+    eta_seconds: float | None = Field(
+        None,
+        description="Estimated seconds until the job finishes: the mean duration of its finished "
+        "trials times the waves of `max_parallel` trials the budget has left (capped by "
+        "`max_minutes`); null before any trial finished, 0 once the job is finished.",
+    )
+
+
+class JobLinks(BaseModel):
+    """URLs of the job's pictures and report page (relative to the server)."""
+
+    trials: str = Field(description="Every trial, as JSON.", examples=["/v1/jobs/1/trials"])
+    pareto: str = Field(description="The Pareto front, as JSON.", examples=["/v1/jobs/1/pareto"])
+    pareto_svg: str = Field(
+        description="The Pareto picture (SVG): trials, baseline, constraint bound, front.",
+        examples=["/v1/jobs/1/pareto.svg"],
+    )
+    pareto_png: str = Field(
+        description="The same picture as PNG.", examples=["/v1/jobs/1/pareto.png"]
+    )
+    report: str = Field(
+        description="An HTML report: interactive front, trials table, the search's reasons, "
+        "the best checkpoint's download link.",
+        examples=["/v1/jobs/1/report"],
+    )
 
 
 class JobPublic(BaseModel):
@@ -176,6 +262,13 @@ class JobPublic(BaseModel):
     state: JobState
     progress: Progress
     best: TrialPublic | None = Field(None, description="Best feasible trial so far.")
+    closest: TrialPublic | None = Field(
+        None,
+        description="While no trial is feasible: the finished trial nearest to the constraints "
+        "(smallest violation, each bound's excess relative to the bound), so you know what to "
+        "relax; null once a trial is feasible.",
+    )
+    links: JobLinks | None = Field(None, description="Where to see the job's results.")
     baseline: dict[str, Any] | None = Field(None, description="Metrics of the uncompressed model.")
     stop_reason: str | None = None
     error: str | None = None

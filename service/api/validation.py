@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
 from sqlalchemy.orm import Session
 
 from operators import (
@@ -16,16 +17,20 @@ from operators import (
     METHOD_FIELDS,
     DatasetError,
     check_reference,
+    default_search_space,
     method_params,
-    validate_steps,
+    validate_strategy,
 )
+from operators.models.sources import build as build_source
+from operators.models.sources import split_record_config
 from search import Candidate, Objective, SearchSettings, SearchSettingsError, SearchSpace
 from search.objective import ObjectiveError
 from search.space import SearchSpaceError
 from service.api.errors import Invalid
 from service.api.schemas import JobCreate
-from service.core.datasets import resolve_reference
-from service.core.db import ModelRecord
+from service.api.tenancy import Caller, owned_model, owned_upload
+from service.core.datasets import UPLOAD_SCHEME, resolve_reference
+from service.core.db import ModelRecord, parse_row_id
 from service.core.settings import Settings
 
 
@@ -46,7 +51,7 @@ def _corner_candidates(space: SearchSpace) -> list[Candidate]:
 
 def _step_field(strategy_index: int, message: str) -> str:
     """Map "steps[1].sparsity: ..." from the operators to the job's JSON path."""
-    match = re.match(r"(steps\[\d+\](?:\.[A-Za-z_]+)?)", message)
+    match = re.match(r"(steps\[\d+\](?:\.[A-Za-z_]+)*)", message)
     suffix = match.group(1) if match else "steps"
     return f"body.search_space.strategies[{strategy_index}].{suffix}"
 
@@ -59,16 +64,37 @@ def validate_search_space(raw: dict[str, Any]) -> SearchSpace:
     index = {s.name: i for i, s in enumerate(space.strategies)}
     for candidate in _corner_candidates(space):
         try:
-            validate_steps(space.materialize(candidate))
+            validate_strategy(space.materialize(candidate))
         except ValueError as exc:
             raise Invalid(_step_field(index[candidate.strategy], str(exc)), str(exc)) from exc
     return space
 
 
-def validate_job(body: JobCreate, session: Session, settings: Settings) -> None:
-    """Raise Invalid (422) naming the first field at fault."""
-    if session.get(ModelRecord, body.model_id) is None:
+def default_space_for(record: ModelRecord) -> dict[str, Any]:
+    """The default search space of a registered model, from its layers (built on the meta
+    device: nothing is allocated)."""
+    config, _shape, _dtype = split_record_config(record.config)
+    with torch.device("meta"):
+        model = build_source(record.architecture, config)
+    return default_search_space(model)
+
+
+def validate_job(body: JobCreate, session: Session, settings: Settings, caller: Caller) -> None:
+    """Raise Invalid (422) naming the first field at fault; the model and an uploaded dataset
+    must be the caller's (another tenant's reads as not registered)."""
+    record = owned_model(session, caller, body.model_id)
+    if record is None:
         raise Invalid("body.model_id", f"model {body.model_id} is not registered (POST /v1/models)")
+    if body.budget.max_parallel > settings.max_parallel:
+        raise Invalid(
+            "body.budget.max_parallel",
+            f"max_parallel {body.budget.max_parallel} is above this server's limit of "
+            f"{settings.max_parallel} (AUTOCOMPRESS_MAX_PARALLEL)",
+        )
+    scheme, _, upload_id = body.dataset.partition(":")
+    upload_row = parse_row_id(upload_id) if scheme == UPLOAD_SCHEME else None
+    if upload_row is not None and owned_upload(session, caller, upload_row) is None:
+        raise Invalid("body.dataset", f"{body.dataset}: no uploaded dataset {upload_id!r} (upload one: POST /v1/datasets)")
     try:
         check_reference(*resolve_reference(body.dataset, settings, session))
     except DatasetError as exc:
@@ -77,6 +103,8 @@ def validate_job(body: JobCreate, session: Session, settings: Settings) -> None:
         objective = Objective.from_spec(body.objective)
     except ObjectiveError as exc:
         raise Invalid(f"body.{exc.field}", str(exc)) from exc
+    if body.search_space is None:  # the service chooses: the default space for this model
+        body.search_space = default_space_for(record)
     space = validate_search_space(body.search_space)
     try:
         SearchSettings.from_spec(body.search).check(space, objective)

@@ -22,10 +22,13 @@ def hash_token(token: str, secret: str) -> str:
     return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
-def create_api_key(session: Session, name: str, secret: str) -> tuple[ApiKey, str]:
-    """A new key row and its token (the only time the token exists in clear)."""
+def create_api_key(
+    session: Session, name: str, secret: str, *, admin: bool = False
+) -> tuple[ApiKey, str]:
+    """A new key row and its token (the only time the token exists in clear); an `admin` key
+    sees every tenant's models, datasets and jobs."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=token[:10], token_hash=hash_token(token, secret))
+    key = ApiKey(name=name, prefix=token[:10], token_hash=hash_token(token, secret), admin=admin)
     session.add(key)
     session.flush()
     return key, token

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from operators import DatasetError
-from service.core.db import Artifact
+from service.core.db import Artifact, parse_row_id
 from service.core.settings import Settings
 
 UPLOAD_SCHEME = "upload"
@@ -22,7 +22,8 @@ def resolve_reference(ref: str, settings: Settings, session: Session) -> tuple[s
     scheme, _, value = ref.partition(":")
     if scheme != UPLOAD_SCHEME:
         return ref, list(settings.data_roots)
-    artifact = session.get(Artifact, int(value)) if value.isdigit() else None
+    ident = parse_row_id(value)
+    artifact = session.get(Artifact, ident) if ident is not None else None
     if artifact is None or artifact.kind != UPLOAD_KIND:
         raise DatasetError(f"{ref}: no uploaded dataset {value!r} (upload one: POST /v1/datasets)")
     relative = Path(artifact.path)

@@ -1,4 +1,4 @@
-"""Database layer: the tables (models, jobs, trials, artifacts), engines, sessions, the DB clock.
+"""Database layer: the tables (models, jobs, trials, artifacts, api keys, events), engines, sessions, the DB clock.
 
 The schema is created and changed only by Alembic (`migrations/`); `upgrade()` runs it.
 Both the API and the workers use this module; it knows nothing of HTTP. The compare-and-set
@@ -35,6 +35,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 ACTIVE_TRIAL_STATES = ("queued", "running")
 TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+#: Ids are `Integer` columns (int4 in Postgres): an id outside 1..MAX_ID names no row, and
+#: sending one to Postgres is an "integer out of range" error, so callers check `is_row_id`.
+MAX_ID = 2**31 - 1
+
+
+def is_row_id(value: int) -> bool:
+    """Whether `value` can be the id of a row (1..MAX_ID)."""
+    return 1 <= value <= MAX_ID
+
+
+def parse_row_id(text: str) -> int | None:
+    """The id written in `text` (ASCII digits, 1..MAX_ID), or None if it cannot name a row."""
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_ID))):
+        return None
+    value = int(text)
+    return value if is_row_id(value) else None
 
 
 class Base(DeclarativeBase):
@@ -50,6 +66,9 @@ class Artifact(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to the artifact root
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    owner_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id"), nullable=True, index=True
+    )  # the API key that uploaded it (None: keys not required, or written by a worker)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -63,6 +82,9 @@ class ModelRecord(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     params: Mapped[int] = mapped_column(Integer)
     weights_artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+    owner_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id"), nullable=True, index=True
+    )  # the API key that registered it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -82,6 +104,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    owner_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id"), nullable=True, index=True
+    )  # the API key that submitted it; its trials, checkpoints and events are the key's too
+    idempotency_key: Mapped[str | None] = mapped_column(
+        String(200), nullable=True, unique=True, index=True
+    )  # the `Idempotency-Key` header of the POST that created it
+    request_hash: Mapped[str | None] = mapped_column(
+        String(64), nullable=True
+    )  # sha256 of that request's body: the same key with another body is refused
 
 
 class Trial(Base):
@@ -101,9 +132,16 @@ class Trial(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str | None] = mapped_column(String(32), nullable=True)  # e.g. finetune
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )  # when its message was last sent; the sweeper re-sends a queued trial left unclaimed
+    attempts: Mapped[list[Any] | None] = mapped_column(
+        JSON, nullable=True
+    )  # earlier attempts: [{"attempt", "at", "worker", "outcome"}]; `error` is the last one's
     checkpoint_artifact_id: Mapped[int | None] = mapped_column(
         ForeignKey("artifacts.id"), nullable=True
     )
@@ -122,6 +160,20 @@ class ApiKey(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)  # sees every tenant's data
+
+
+class Event(Base):
+    """One change of a job or one of its trials, in the order written: the id is the SSE id of
+    `GET /v1/jobs/{id}/events`, so a client resumes after the last id it saw."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    trial_id: Mapped[int | None] = mapped_column(ForeignKey("trials.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 _engines: dict[tuple[int, str], Engine] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,20 @@ class Settings(BaseSettings):
         SecretStr(""), description="HMAC key for stored API-key hashes; set it in production."
     )
     max_upload_bytes: int = Field(1 << 30, description="Largest accepted upload, in bytes.")
+    max_dataset_elements: int = Field(
+        1 << 28,
+        ge=1,
+        description="Most array elements an uploaded .npz dataset may declare, all four arrays "
+        "together (1 GiB as float32), checked from its headers before anything is inflated; "
+        "above it, a 422.",
+    )
+    max_model_params: int = Field(
+        2_000_000_000,
+        ge=1,
+        le=2**31 - 1,
+        description="Largest model a user may register, in parameters: counted on the meta "
+        "device (nothing allocated) before the weights are read; above it, a 422.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     embedded_workers: int = Field(1, description="Trial threads in embedded mode.")
@@ -60,6 +75,50 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, description="Attempts per trial before it is failed for good.")
     task_time_limit: int = Field(6 * 3600, description="Hard time limit of one trial, in seconds.")
     latency_batch_size: int = Field(1, description="Batch size of the latency_ms measurement.")
+    log_format: Literal["plain", "json"] = Field(
+        "plain",
+        description="Log lines as text (plain) or one JSON object per line (json), carrying "
+        "job_id and trial_id where they apply.",
+    )
+
+    requeue_grace_seconds: float = Field(
+        300.0,
+        description="A queued trial whose message was sent this long ago and that no worker "
+        "claimed is sent again by the sweeper (messages are hints; the row is the truth).",
+    )
+    visibility_timeout_seconds: int = Field(
+        900,
+        description="Redis broker visibility timeout: an unacknowledged message (its worker "
+        "died) is delivered again after this long; a duplicate of a running trial claims nothing.",
+    )
+    db_retry_seconds: float = Field(
+        60.0,
+        description="How long a trial's result write and heartbeat retry a transient database "
+        "error (connection lost, server restarting) before giving up, with backoff.",
+    )
+    orphan_grace_seconds: float = Field(
+        3600.0,
+        description="A file under the artifact root with no artifacts row, older than this, is "
+        "removed by the sweeper (a worker died between writing it and committing its row).",
+    )
+    max_inflight_per_job: int = Field(
+        8,
+        ge=1,
+        description="Trials of one job queued or running at once, whatever its max_parallel, so "
+        "that one large job cannot fill the queue ahead of the others.",
+    )
+    max_parallel: int = Field(
+        64, ge=1, description="The largest budget.max_parallel a job may ask for (422 above it)."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_insecure(self) -> Settings:
+        if self.require_api_key and not self.secret_key.get_secret_value():
+            raise ValueError(
+                "AUTOCOMPRESS_REQUIRE_API_KEY is true but AUTOCOMPRESS_SECRET_KEY is empty: "
+                "set AUTOCOMPRESS_SECRET_KEY (the HMAC key of stored API keys) to start"
+            )
+        return self
 
     @model_validator(mode="after")
     def _defaults_under_home(self) -> Settings:

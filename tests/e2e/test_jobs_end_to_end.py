@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client import parse_events
 from operators import evaluate, load_checkpoint, load_dataset
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,9 @@ def check_finished_job(client: httpx.Client, job: dict, tmp: Path, trials: int) 
             assert isinstance(m[name], (int, float)), name
         assert m["compression_ratio"] > 1.5  # pruned >= 30% and stored as float16
         assert t["reason"]["method"]
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events") as reply:  # written by any process
+        kinds = [event.kind for event in parse_events(reply.iter_lines())]
+    assert kinds[-1] == "job.finished" and kinds.count("trial.finished") == trials, kinds
     pareto = client.get(f"/v1/jobs/{job['id']}/pareto").json()
     assert pareto["trials"], "a finished job with feasible trials has a Pareto front"
     best = job["best"]
@@ -171,8 +175,10 @@ def test_worker_killed_mid_trial_loses_no_work(make_stack, pg_url, redis_url, tm
     assert job["state"] == "succeeded", job
     assert [t["state"] for t in trials] == ["succeeded"] * 3
     retried = next(t for t in trials if t["id"] == victim["id"])
-    assert retried["attempt"] == 2
-    assert "lease expired" in (retried["error"] or "")
+    assert retried["attempt"] == 2 and retried["error"] is None  # the last attempt succeeded
+    [lost] = retried["attempts"]  # the killed attempt, on the pool process that ran it
+    assert "lease expired" in lost["outcome"] and lost["worker"] == victim["worker"]
+    assert lost["worker"].rsplit(":", 1)[1].isdigit()
 
 
 def test_cancel_stops_a_running_job(make_stack, tmp_path) -> None:

@@ -46,3 +46,17 @@ def test_finite_values_needs_every_name():
     assert finite_values(point, ["accuracy", "loss"]) is None
     assert finite_values(point, ["accuracy", "macs"]) is None
     assert finite_values(None, ["accuracy"]) is None
+
+
+def test_test_split_metrics_are_reported_but_not_searchable():
+    from search import Objective
+    from search.metric_table import REPORTED_METRICS
+    from search.objective import ObjectiveError
+
+    assert set(REPORTED_METRICS) == {"test_accuracy", "test_accuracy_drop"}
+    assert set(REPORTED_METRICS).isdisjoint(METRICS)
+    with pytest.raises(ObjectiveError):
+        Objective.from_spec({"maximize": "test_accuracy"})
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|$", JOB_SPEC.read_text(), flags=re.M)
+    documented = [(n, meaning.replace("`", "")) for n, meaning in rows if n in REPORTED_METRICS]
+    assert documented == [(m.name, m.meaning) for m in REPORTED_METRICS.values()]

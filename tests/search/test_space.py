@@ -271,3 +271,40 @@ def test_candidates_are_hashable_by_their_stored_form():
     a = Candidate("u", {"0.block": [4, 4], "1.bits": 3})
     b = Candidate.from_dict({"params": {"1.bits": 3, "0.block": [4, 4]}, "strategy": "u"})
     assert a == b and len({a, b}) == 1
+
+
+def test_stage_settings_may_hold_ranges_and_materialize_nested():
+    space = SearchSpace.from_spec(
+        {
+            "strategies": [
+                {
+                    "name": "gradual",
+                    "steps": [
+                        {
+                            "op": "prune",
+                            "sparsity": {"min": 0.9, "max": 0.99},
+                            "schedule": {"stages": {"min": 2, "max": 4, "type": "int"}, "ramp": "cubic"},
+                            "finetune": {"epochs": 2},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    assert [p.path for p in space.strategy("gradual").params] == ["0.sparsity", "0.schedule.stages"]
+    steps = space.materialize(Candidate("gradual", {"0.sparsity": 0.95, "0.schedule.stages": 3}))
+    assert steps == [
+        {
+            "op": "prune",
+            "sparsity": 0.95,
+            "schedule": {"stages": 3, "ramp": "cubic"},
+            "finetune": {"epochs": 2},
+        }
+    ]
+
+
+def test_a_stage_setting_that_is_not_an_object_is_refused():
+    with pytest.raises(SearchSpaceError, match="schedule"):
+        SearchSpace.from_spec(
+            {"strategies": [{"name": "s", "steps": [{"op": "prune", "sparsity": 0.5, "schedule": 3}]}]}
+        )

@@ -7,7 +7,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from operators import read_manifest
+from service.core import repository
 from service.core.db import Artifact, Job, Trial, session_scope
+from service.core.dispatch import DispatchUnavailable
 from service.core.settings import Settings
 from tests.conftest import RecordingDispatcher, expire_lease, trials_of
 from workers import jobs, sweeper
@@ -137,3 +139,40 @@ def test_patience_stops_a_job_that_no_longer_improves(digits_job) -> None:  # no
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         assert job.state == "succeeded" and "no improvement" in job.stop_reason
+
+
+def test_advance_keeps_at_most_the_per_job_cap_in_flight(digits_job) -> None:  # noqa: ANN001
+    settings, job_id = digits_job  # max_parallel 2
+    settings.max_inflight_per_job = 1
+    d = RecordingDispatcher()
+    jobs.advance_job(settings, d, job_id)
+    jobs.advance_job(settings, d, job_id)
+    trials = trials_of(settings, job_id)
+    assert [t.state for t in trials] == ["queued"] and d.evaluations == [(trials[0].id, 1)]
+    assert trials[0].sent_at is not None  # the sweeper re-sends it if nobody claims it
+    with session_scope(settings.database_url) as session:
+        assert repository.jobs_to_advance(session, 1) == []  # full: nothing for the sweeper
+
+
+class _BrokerDown:
+    """A dispatcher whose broker is unreachable."""
+
+    def advance_job(self, job_id: int) -> None:
+        raise DispatchUnavailable("broker down")
+
+    def evaluate_trial(self, trial_id: int, attempt: int) -> None:
+        raise DispatchUnavailable("broker down")
+
+
+def test_a_message_the_broker_refuses_is_left_to_the_sweeper(digits_job) -> None:  # noqa: ANN001
+    settings, job_id = digits_job
+    settings.requeue_grace_seconds = 0
+    jobs.advance_job(settings, _BrokerDown(), job_id)  # commits its trials, does not raise
+    queued = sorted((t.id, 1) for t in trials_of(settings, job_id))
+    assert len(queued) == 2
+    later = RecordingDispatcher()
+    import time
+
+    time.sleep(1.1)  # SQLite's clock has whole seconds
+    assert sweeper.sweep(settings, later)["resent"] == 2
+    assert sorted(later.evaluations) == queued

@@ -40,6 +40,14 @@ CASES = {
         {"method": "lc", "epochs": 1},
         {"kinds": {}, "encodings": {"fc1.weight": ("bitmask", "index")}},
     ),
+    "gradual prune+cluster/masked": (
+        [
+            {"op": "prune", "sparsity": 0.9, "schedule": {"stages": 2}, "finetune": {"epochs": 0.5}},
+            {"op": "cluster", "bits": 3},
+        ],
+        {"method": "masked", "epochs": 0.5},
+        {"kinds": {"fc1": "clustered", "fc2": "clustered"}, "dtypes": {"fc1.codebook": "float32"}},
+    ),
     "lowrank/masked": (
         [{"op": "lowrank", "rank": 8}],
         {"method": "masked", "epochs": 1},

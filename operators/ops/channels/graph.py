@@ -48,6 +48,20 @@ def dependency_graph(cm: CompressedModel) -> tp.DependencyGraph:
     return graph
 
 
+def attention_layers(model: nn.Module) -> dict[str, str]:
+    """Weight layers whose widths an attention module fixes (its reshape into heads), by name,
+    with the reason: channel removal leaves them, and every group they are in, alone."""
+    fixed = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__:
+            for sub, layer in module.named_modules():
+                if isinstance(layer, WEIGHT_LAYERS) and sub:
+                    fixed[f"{name}.{sub}" if name else sub] = (
+                        f"inside {type(module).__name__}: its heads fix the layer's width"
+                    )
+    return fixed
+
+
 def remove_channels(
     cm: CompressedModel,
     op: Op,
@@ -64,7 +78,8 @@ def remove_channels(
     model = cm.model
     if cm.example_input is None:
         raise ValueError(f"{op.name}: cannot trace the model; pass an example input")
-    targets = {id(m) for _, m in op.selected_modules(model, types)}
+    fixed = attention_layers(model)
+    targets = {id(m) for n, m in op.selected_modules(model, types) if n not in fixed}
     last = output_layer(model)
     ignored = [
         m for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and id(m) not in targets
@@ -118,6 +133,7 @@ def remove_named_channels(cm: CompressedModel, channels: dict[str, list[int]]) -
     model = cm.model
     modules = dict(model.named_modules())
     last = output_layer(model)
+    fixed = attention_layers(model)
     removed: dict[str, list[int]] = {}
     graph = dependency_graph(cm)
     with eval_mode(model, quiet=True):
@@ -125,7 +141,7 @@ def remove_named_channels(cm: CompressedModel, channels: dict[str, list[int]]) -
             module = modules[name]
             width = module.weight.shape[0]
             idxs = sorted(set(idxs))[: width - 1]
-            if not idxs or module is last:
+            if not idxs or module is last or name in fixed:
                 continue
             fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else (
                 tp.prune_conv_out_channels

@@ -33,6 +33,7 @@ class BlockPrune(Op):
     """Zero whole ``block = [rows, cols]`` blocks of smallest L2 norm; stored block-sparse."""
 
     name: ClassVar[str] = "block_prune"
+    STRENGTH: ClassVar[str | None] = "sparsity"
     sparsity: float
     block: tuple[int, int] = (4, 4)
     scope: str = "layer"

@@ -44,6 +44,7 @@ class Prune(Op):
     """
 
     name: ClassVar[str] = "prune"
+    STRENGTH: ClassVar[str | None] = "sparsity"
     sparsity: float
     scope: str = "global"
 

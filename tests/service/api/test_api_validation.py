@@ -107,6 +107,20 @@ def test_job_validation_names_each_field(client: TestClient) -> None:
     )
     got = fields(client.post("/v1/jobs", json=bad_range))
     assert got[0].startswith("body.search_space.strategies[0].steps[0]"), got
+    bad_schedule = job(
+        model_id,
+        search_space={"strategies": [{"name": "x", "steps": [
+            {"op": "prune", "sparsity": 0.9, "schedule": {"stages": {"min": 0, "max": 3, "type": "int"}}}]}]},
+    )  # fmt: skip
+    got = fields(client.post("/v1/jobs", json=bad_schedule))
+    assert got[0] == "body.search_space.strategies[0].steps[0].schedule.stages", got
+    bad_stage_tune = job(
+        model_id,
+        search_space={"strategies": [{"name": "x", "steps": [
+            {"op": "prune", "sparsity": 0.9, "finetune": {"method": "magic"}}]}]},
+    )  # fmt: skip
+    got = fields(client.post("/v1/jobs", json=bad_stage_tune))
+    assert got[0] == "body.search_space.strategies[0].steps[0].finetune.method", got
     got = fields(client.post("/v1/jobs", json=job(model_id, search={"method": "magic"})))
     assert got[0].startswith("body.search"), got
     two_strategies = {"strategies": [
@@ -138,3 +152,14 @@ def test_openapi_documents_the_job_example(client: TestClient) -> None:
     job_schema = schema["components"]["schemas"]["JobCreate"]
     assert job_schema["examples"][0]["objective"]["maximize"] == "compression_ratio"
     assert "/v1/jobs/{job_id}/pareto.svg" in schema["paths"]
+
+
+def test_a_job_without_search_space_gets_the_default_space_in_its_json(client: TestClient) -> None:
+    model_id = register(client).json()["id"]
+    spec = job(model_id)
+    spec.pop("search_space", None)
+    reply = client.post("/v1/jobs", json=spec)
+    assert reply.status_code == 202, reply.text
+    shown = client.get(reply.headers["Location"]).json()
+    strategies = [s["name"] for s in shown["spec"]["search_space"]["strategies"]]
+    assert strategies[:2] == ["deep-compression", "prune+fp16"], shown

@@ -20,7 +20,12 @@ def db(tmp_path: Path) -> tuple[Settings, int]:
     settings = Settings(home=tmp_path)
     settings.ensure_dirs()
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
+    return settings, placeholder_trial(settings.database_url)
+
+
+def placeholder_trial(url: str) -> int:
+    """A queued trial of a running job, with placeholder model rows, in a migrated database."""
+    with session_scope(url) as session:
         weights = Artifact(
             kind="weights", path="weights/w.safetensors", size_bytes=1, sha256="0" * 64
         )
@@ -37,8 +42,7 @@ def db(tmp_path: Path) -> tuple[Settings, int]:
         trial = repository.add_trial(
             session, job.id, 0, strategy="p", params={}, steps=[], reason=None
         )
-        trial_id = trial.id
-    return settings, trial_id
+        return trial.id
 
 
 def claim(settings: Settings, trial_id: int, attempt: int = 1) -> Trial | None:
@@ -156,3 +160,66 @@ def test_a_lost_lease_writes_neither_row_nor_file(db) -> None:  # noqa: ANN001
     assert _artifact_count(settings) == 0
     assert not staged.path.exists() and not staged.final.exists()
     assert trial(settings, trial_id).checkpoint_artifact_id is None
+
+
+def _sent_ago(settings: Settings, trial_id: int, seconds: float) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.core.db import db_now
+
+    with session_scope(settings.database_url) as session:
+        sent = db_now(session) - timedelta(seconds=seconds)
+        session.execute(update(Trial).where(Trial.id == trial_id).values(sent_at=sent))
+
+
+def test_unclaimed_trials_are_those_sent_longer_ago_than_the_grace(db) -> None:  # noqa: ANN001
+    settings, trial_id = db
+    _sent_ago(settings, trial_id, 5)
+    with session_scope(settings.database_url) as session:
+        assert repository.unclaimed_trials(session, grace_seconds=30) == []
+        assert repository.unclaimed_trials(session, grace_seconds=2) == [(trial_id, 1)]
+        assert repository.unclaimed_trials(session, grace_seconds=2) == []  # marked as sent now
+    _sent_ago(settings, trial_id, 5)
+    claim(settings, trial_id)
+    with session_scope(settings.database_url) as session:
+        assert repository.unclaimed_trials(session, grace_seconds=2) == []  # claimed: running
+
+
+def test_jobs_to_advance_have_a_free_slot_or_nothing_in_flight(db) -> None:  # noqa: ANN001
+    settings, trial_id = db
+    budget = {"max_trials": 3, "max_parallel": 4}
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, trial(settings, trial_id).job_id)
+        job.spec = {"budget": budget}
+        idle = Job(model_id=job.model_id, spec={"budget": budget}, state="queued")
+        session.add(idle)
+        session.flush()
+        job_id, idle_id = job.id, idle.id
+    with session_scope(settings.database_url) as session:
+        # one trial queued of a cap of 1 in flight: full; the other job has nothing in flight
+        assert repository.jobs_to_advance(session, max_inflight_per_job=1) == [idle_id]
+        assert repository.jobs_to_advance(session, max_inflight_per_job=2) == [job_id, idle_id]
+
+
+def test_orphaned_files_are_old_store_files_without_a_row(db) -> None:  # noqa: ANN001
+    import os
+    import time
+
+    settings, _ = db
+    store = ArtifactStore(settings.artifact_root)
+    with store.writing("checkpoints") as (tmp, relative):
+        tmp.write_bytes(b"kept")
+    with session_scope(settings.database_url) as session:
+        store.register(session, "checkpoint", relative)
+    orphan = store.stage("checkpoints")  # a worker died between writing and committing
+    orphan.path.write_bytes(b"orphan")
+    young = store.stage("checkpoints")
+    young.path.write_bytes(b"being written")
+    foreign = Path(settings.artifact_root) / "checkpoints" / "README.txt"  # not the store's
+    foreign.write_text("x")
+    for path in (orphan.path, foreign):
+        os.utime(path, (time.time() - 100, time.time() - 100))
+    with session_scope(settings.database_url) as session:
+        assert repository.orphaned_files(session, store, grace_seconds=50) == [orphan.path]

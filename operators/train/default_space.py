@@ -1,0 +1,68 @@
+"""The search space the service uses when a job gives none: strategies built from the ops that
+fit the model's layers, staged where staging pays (gradual pruning before clustering).
+
+:func:`default_search_space` looks at the model's layers only (it runs on a model built on the
+meta device: nothing is allocated) and returns a job-spec ``search_space`` object, so a job
+without one shows in its JSON exactly what was searched. The strategies, each included when
+the model has the layers it needs:
+
+- ``deep-compression``: ``prune`` (``sparsity`` 0.8..0.99, ``schedule`` 3 cubic stages), then
+  ``cluster`` (``bits`` 2..5), then ``quantize`` float16: Deep Compression's order;
+- ``prune+fp16``: one-shot ``prune`` (0.5..0.95) and float16, the cheap baseline strategy;
+- ``neurons+fp16`` / ``filters+fp16``: ``neuron_prune`` / ``filter_prune`` (``ratio`` 0.1..0.7,
+  l1) with float16, where the model has hidden Linear layers / more than one conv layer
+  (channel removal makes the model faster, not just smaller);
+- ``lowrank+fp16``: ``lowrank`` (``energy`` 0.5..0.99) with float16, for Linear or Conv2d layers;
+- ``mpd+fp16``: ``mpd`` (``blocks`` 2..16) with float16, for Linear layers of at least 32 units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from operators.core.op import WEIGHT_LAYERS, output_layer
+
+FP16 = {"op": "quantize", "dtype": "float16"}
+
+
+def _strategy(name: str, *steps: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "steps": [*steps, FP16]}
+
+
+def default_search_space(model: nn.Module) -> dict[str, Any]:
+    """A job-spec ``search_space`` for ``model`` (see the module docstring); ValueError if the
+    model has no Linear or Conv layer to compress."""
+    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    if not layers:
+        raise ValueError("the model has no Linear or Conv layer to compress")
+    last = output_layer(model)
+    hidden_linear = [m for m in layers if isinstance(m, nn.Linear) and m is not last]
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    strategies = [
+        _strategy(
+            "deep-compression",
+            {"op": "prune", "sparsity": {"min": 0.8, "max": 0.99},
+             "schedule": {"stages": 3, "ramp": "cubic"}},
+            {"op": "cluster", "bits": {"min": 2, "max": 5, "type": "int"}},
+        ),  # fmt: skip
+        _strategy("prune+fp16", {"op": "prune", "sparsity": {"min": 0.5, "max": 0.95}}),
+    ]
+    if hidden_linear:
+        strategies.append(
+            _strategy("neurons+fp16", {"op": "neuron_prune", "ratio": {"min": 0.1, "max": 0.7}})
+        )
+    if len(convs) > 1:
+        strategies.append(
+            _strategy("filters+fp16", {"op": "filter_prune", "ratio": {"min": 0.1, "max": 0.7}})
+        )
+    if hidden_linear or convs:
+        strategies.append(
+            _strategy("lowrank+fp16", {"op": "lowrank", "energy": {"min": 0.5, "max": 0.99}})
+        )
+    if any(min(m.in_features, m.out_features) >= 32 for m in hidden_linear):
+        strategies.append(
+            _strategy("mpd+fp16", {"op": "mpd", "blocks": {"min": 2, "max": 16, "type": "int"}})
+        )
+    return {"strategies": strategies}
