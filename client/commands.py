@@ -198,7 +198,8 @@ def _download(api: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(api: Client, args: argparse.Namespace) -> int:
+def export_trial(api: Client, args: argparse.Namespace) -> int:
+    """The `export TRIAL` verb: download the export the server makes of a trial's model."""
     path = api.export(args.trial, args.format, args.output)
     _print_json({"trial": args.trial, "format": args.format, "path": str(path),
                  "size_bytes": path.stat().st_size})  # fmt: skip
@@ -261,7 +262,7 @@ def add_commands(sub: Any, taken: set[str] | None = None) -> None:
     p = verb("download", _download, "download a trial's packed checkpoint")
     p.add_argument("trial", type=int)
     p.add_argument("--output", default=None, help="file or folder (default: trial-ID.safetensors)")
-    p = verb("export", _export, "download a trial's model exported by the server")
+    p = verb("export", export_trial, "download a trial's model exported by the server")
     if p is not None:
         p.add_argument("trial", type=int)
         p.add_argument("--format", default="onnx")

@@ -138,11 +138,10 @@ def _export(args: argparse.Namespace) -> int:
     """`export CHECKPOINT`: export a packed checkpoint file here; `export TRIAL` (a trial id,
     not a file): download the export the server makes (the client verb)."""
     if not Path(args.target).is_file() and args.target.isdigit():
-        from client.commands import _export as download_export
-        from client.commands import run
+        from client.commands import export_trial, run
 
         args.trial = int(args.target)
-        return run(download_export, args)
+        return run(export_trial, args)
     from operators.export import MissingExtra, export_checkpoint
 
     output = Path(args.output or Path(args.target).with_suffix(f".{args.format}").name)

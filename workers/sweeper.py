@@ -38,7 +38,7 @@ def sweep(settings: Settings, dispatcher: Dispatcher, *, startup: bool = False) 
         if startup:  # whatever was in flight before: send it all again
             resent = repository.queued_trials(session)
             repository.mark_sent(session, [trial_id for trial_id, _ in resent])
-            due = repository.unfinished_jobs(session, idle_only=False)
+            due = repository.unfinished_jobs(session)
         else:
             resent = repository.unclaimed_trials(session, settings.requeue_grace_seconds)
             due = repository.jobs_to_advance(session, settings.max_inflight_per_job)

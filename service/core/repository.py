@@ -557,12 +557,7 @@ def queued_trials(session: Session) -> list[tuple[int, int]]:
     ]
 
 
-def unfinished_jobs(session: Session, *, idle_only: bool) -> list[int]:
-    """Jobs not finished; with `idle_only`, only those with no queued or running trial."""
+def unfinished_jobs(session: Session) -> list[int]:
+    """Jobs not finished (queued, running), by id."""
     query = select(Job.id).where(Job.state.not_in(TERMINAL_JOB_STATES))
-    if idle_only:
-        active = select(Trial.id).where(
-            Trial.job_id == Job.id, Trial.state.in_(ACTIVE_TRIAL_STATES)
-        )
-        query = query.where(~active.exists())
     return list(session.scalars(query.order_by(Job.id)))

@@ -65,7 +65,8 @@ class LowRank(Op):
         if not selected:
             raise ValueError("lowrank: include/exclude selected no Linear or Conv2d layer")
         for module_name, module in selected:
-            if type(module) not in (nn.Linear, nn.Conv2d):
+            if type(module) not in (nn.Linear, nn.Conv2d):  # a subclass may compute more
+                skipped[module_name] = f"{type(module).__name__}: not a plain Linear or Conv2d"
                 continue
             if module is last and not (explicit and re.search(self.include, module_name)):
                 skipped[module_name] = "output layer"

@@ -100,8 +100,7 @@ def test_cancel_is_requested_only_of_an_unfinished_job(db) -> None:  # noqa: ANN
     with session_scope(settings.database_url) as session:
         assert repository.request_cancel(session, job_id)
         assert repository.cancel_requested(session, job_id)
-        assert repository.unfinished_jobs(session, idle_only=True) == []  # a trial is queued
-        assert repository.unfinished_jobs(session, idle_only=False) == [job_id]
+        assert repository.unfinished_jobs(session) == [job_id]
         job = repository.lock_job(session, job_id)
         trials = repository.job_trials(session, job_id)
         repository.cancel_queued_trials(trials, job.created_at)
@@ -109,7 +108,7 @@ def test_cancel_is_requested_only_of_an_unfinished_job(db) -> None:  # noqa: ANN
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job_id).state == "cancelled"
         assert not repository.request_cancel(session, job_id)
-        assert repository.unfinished_jobs(session, idle_only=False) == []
+        assert repository.unfinished_jobs(session) == []
 
 
 def _staged_checkpoint(settings: Settings):  # noqa: ANN202
