@@ -6,13 +6,14 @@
         job = api.submit({...})
         for event in api.events(job["id"]):
             print(event.kind, event.data)
-        api.download(api.job(job["id"])["best"]["id"], "best.safetensors")
+        api.download(api.job(job["id"])["best"]["id"], "best.acpk")
 
 Every error answer of the server raises `ApiError` with its status, `detail` and `errors`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -111,15 +112,32 @@ class Client:
 
     def register_model(
         self,
-        weights: str | Path,
+        weights: str | Path | None,
         architecture: str,
         config: dict[str, Any] | None = None,
         name: str = "",
+        *,
+        input_shape: list[int] | None = None,
+        input_dtype: str | None = None,
+        key_map: dict[str, Any] | None = None,
+        program: str | Path | None = None,
     ) -> dict[str, Any]:
-        """Register a trained model: a zoo architecture, its config and safetensors weights."""
+        """Register a trained model: ``architecture`` (``source:name``), its config and
+        safetensors ``weights``; ``input_shape`` / ``input_dtype`` / ``key_map`` as the form
+        fields of ``POST /v1/models``; ``program`` a ``torch.export.save`` archive for
+        ``export:`` (its weights are its own, so ``weights`` may be None)."""
         form = {"architecture": architecture, "config": json.dumps(config or {}), "name": name}
-        with open(weights, "rb") as fh:
-            files = {"weights": (Path(weights).name, fh, "application/octet-stream")}
+        for key, value in (("input_shape", input_shape), ("key_map", key_map)):
+            if value is not None:
+                form[key] = json.dumps(value)
+        if input_dtype is not None:
+            form["input_dtype"] = input_dtype
+        with contextlib.ExitStack() as stack:
+            files = {
+                field: (Path(path).name, stack.enter_context(open(path, "rb")), "application/octet-stream")
+                for field, path in (("weights", weights), ("program", program))
+                if path is not None
+            }
             return self._request("POST", "/v1/models", data=form, files=files).json()
 
     def models(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -167,9 +185,9 @@ class Client:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
     def download(self, trial_id: int, output: str | Path | None = None) -> Path:
-        """The trial's packed checkpoint, written to `output` (default trial-<id>.safetensors)."""
+        """The trial's packed checkpoint, written to `output` (default trial-<id>.acpk)."""
         return self._save(
-            f"/v1/trials/{trial_id}/checkpoint", output, f"trial-{trial_id}.safetensors"
+            f"/v1/trials/{trial_id}/checkpoint", output, f"trial-{trial_id}.acpk"
         )
 
     def export(self, trial_id: int, format: str = "onnx", output: str | Path | None = None) -> Path:

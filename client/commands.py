@@ -261,7 +261,7 @@ def add_commands(sub: Any, taken: set[str] | None = None) -> None:
     p.add_argument("--open", action="store_true", help="open the report page in a browser")
     p = verb("download", _download, "download a trial's packed checkpoint")
     p.add_argument("trial", type=int)
-    p.add_argument("--output", default=None, help="file or folder (default: trial-ID.safetensors)")
+    p.add_argument("--output", default=None, help="file or folder (default: trial-ID.acpk)")
     p = verb("export", export_trial, "download a trial's model exported by the server")
     if p is not None:
         p.add_argument("trial", type=int)

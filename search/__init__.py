@@ -18,6 +18,7 @@ the trials so far, and it proposes the next candidates. An ask/tell loop on a to
 """
 
 from .metric_table import METRIC_TABLE, METRICS, Metric
+from .noise import measurement_variances
 from .objective import Constraint, Objective, ObjectiveError
 from .observation import Observation, Proposal
 from .optimizer import (
@@ -25,6 +26,7 @@ from .optimizer import (
     SearchSettings,
     SearchSettingsError,
     default_n_initial,
+    predicted_gain,
     propose,
 )
 from .pareto import best_feasible, feasible_front, hypervolume, infer_reference, pareto_front
@@ -53,7 +55,9 @@ __all__ = [
     "feasible_front",
     "hypervolume",
     "infer_reference",
+    "measurement_variances",
     "pareto_front",
+    "predicted_gain",
     "progress_curve",
     "propose",
     "stop_reason",

@@ -9,6 +9,11 @@ the workers) imports them from here.
 :data:`REPORTED_METRICS` are measured on the test split, which the search never sees: every
 trial reports them, but an objective or constraint may not name them.
 
+Each metric names how its measurement is noisy (``noise``, read by :mod:`.noise`):
+``"binomial"`` (a fraction of the validation samples: standard error ``sqrt(p(1-p)/n)``),
+``"exact"`` (counted, not sampled: no noise), or ``"measured"`` (timed or averaged: known only
+from replicates).
+
 A value of a metric is usable when it is a finite number: not None, not a bool, not NaN or
 infinite (:func:`is_finite`, :func:`finite_values`).
 """
@@ -21,38 +26,50 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
-    "METRICS", "METRIC_TABLE", "REPORTED_METRICS", "Goal", "Metric", "finite_values", "is_finite",
+    "METRICS", "METRIC_TABLE", "REPORTED_METRICS", "Goal", "Metric", "NoiseKind", "finite_values",
+    "is_finite",
 ]  # fmt: skip
 
 #: Which way is better: ``"max"`` or ``"min"``.
 Goal = Literal["max", "min"]
+#: How a metric's measurement is noisy (see the module docstring).
+NoiseKind = Literal["binomial", "exact", "measured"]
 
 
 @dataclass(frozen=True)
 class Metric:
     """One metric of a trial: ``better`` is its natural goal (an objective may still ask for
     the other), ``unit`` its unit, ``meaning`` what is measured, and ``positive`` whether it
-    is positive by nature and varies over orders of magnitude."""
+    is positive by nature and varies over orders of magnitude; ``noise`` how its measurement
+    is noisy."""
 
     name: str
     better: Goal
     unit: str
     meaning: str
     positive: bool = False
+    noise: NoiseKind = "exact"
 
 
 #: Every metric of a trial, by name, in the order of the job spec.
 METRIC_TABLE: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("accuracy", "max", "fraction", "top-1 on the validation split, fraction 0..1"),
+        Metric(
+            "accuracy",
+            "max",
+            "fraction",
+            "top-1 on the validation split, fraction 0..1",
+            noise="binomial",
+        ),
         Metric(
             "accuracy_drop",
             "min",
             "fraction",
             "baseline accuracy minus this trial's, absolute fraction (0.01 = one point)",
+            noise="binomial",
         ),
-        Metric("loss", "min", "nats", "validation loss"),
+        Metric("loss", "min", "nats", "validation loss", noise="measured"),
         Metric("params", "min", "count", "parameters stored by the packed model", True),
         Metric("nonzero_params", "min", "count", "of those, nonzero", True),
         Metric(
@@ -82,9 +99,10 @@ METRIC_TABLE: dict[str, Metric] = {
             "ms",
             "median latency of one batch on the worker's device, measured, batch size in the job",
             True,
+            "measured",
         ),
-        Metric("throughput", "max", "samples/s", "samples per second, measured", True),
-        Metric("duration_s", "min", "s", "wall time of the trial", True),
+        Metric("throughput", "max", "samples/s", "samples per second, measured", True, "measured"),
+        Metric("duration_s", "min", "s", "wall time of the trial", True, "measured"),
     )
 }
 
@@ -96,12 +114,19 @@ METRICS: tuple[str, ...] = tuple(METRIC_TABLE)
 REPORTED_METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("test_accuracy", "max", "fraction", "top-1 on the test split, fraction 0..1"),
+        Metric(
+            "test_accuracy",
+            "max",
+            "fraction",
+            "top-1 on the test split, fraction 0..1",
+            noise="binomial",
+        ),
         Metric(
             "test_accuracy_drop",
             "min",
             "fraction",
             "baseline test_accuracy minus this trial's, absolute fraction",
+            noise="binomial",
         ),
     )
 }

@@ -26,8 +26,34 @@ candidates (:class:`.observation.Proposal`, each with the reason it was chosen):
    the unit cube) and every combination enumerated by ``optimize_acqf_mixed``. With
    ``SearchSettings(method="two-phase")``, Condensa's two phases instead (:mod:`.levelset`).
 3. Failed trials and non-finite metrics stay in the data as infeasible points: the worst
-   observed objective value and a constraint value beyond its bound.
-4. Whatever goes wrong in fitting or optimising, the answer is Sobol points with reason
+   observed objective value and a constraint value beyond its bound. Only full-fidelity
+   trials (``Observation.fidelity >= 1``) are data: a shorter fine-tune's result measures
+   another function, so it only counts as explored (for the Sobol points) and in
+   ``n_observations``.
+4. Measurement noise (:mod:`.noise`): a metric whose noise is known (accuracy with
+   ``SearchSettings.validation_samples``, or replicates) has it as the GP's fixed noise
+   (``train_Yvar``), carried into modelled units by the warp's slope (delta method); an
+   exact metric or an unknown noise keeps the GP's inferred noise. Each modelled metric has
+   a *resolution* in modelled units: ``noise_sigmas`` times the median standard error over
+   the trials (the GP's inferred noise when unknown), or, for an exact metric,
+   ``min_relative_change`` of its value (the median of ``|y| dz/dy``: a relative change).
+5. No proposal within the noise (``skip_within_noise``, method ``"bo"``): a point ``x`` is
+   *within the noise* of a reference point ``r`` (a finished usable full-fidelity trial, a
+   pending one, or an earlier pick of the same batch) when both hold:
+
+   * close: ``max_j |x_j - r_j| <= near_distance`` over the encoded columns (each in
+     [0, 1]; a strategy or discrete column whose step exceeds ``near_distance`` then
+     agrees), and
+   * alike: for every modelled metric, ``|mu(x) - mu(r)| <= resolution`` (posterior means,
+     modelled units).
+
+   The acquisition's optimum, if within the noise of any reference, is replaced by the
+   best point of the acquisition that is not (over the unit grid in 1-D, else over
+   ``4 * raw_samples`` snapped scrambled Sobol points), and ``reason["skipped_within_noise"]``
+   is 1 (else 0). If every point looked at is within the noise, the optimum stays: nothing
+   is better, and :mod:`.stopping` decides whether to go on. :func:`predicted_gain` gives
+   that rule the best predicted gain and the objective's noise.
+6. Whatever goes wrong in fitting or optimising, the answer is Sobol points with reason
    ``"random-fallback"`` and the error text: :func:`propose` does not raise on real histories.
 
 Same ``seed`` + same history + same pending = same proposals; the global RNG is untouched.
@@ -63,8 +89,9 @@ from torch import Tensor
 
 from . import levelset
 from .metric_table import is_finite
+from .noise import measurement_variances, noise_kind
 from .objective import Objective
-from .observation import Observation, Proposal
+from .observation import Observation, Proposal, is_full_fidelity
 from .pareto import infer_reference
 from .space import Candidate, SearchSpace
 from .warp import OutputWarp, choose_warps, warped_bounds
@@ -74,6 +101,7 @@ __all__ = [
     "SearchSettings",
     "SearchSettingsError",
     "default_n_initial",
+    "predicted_gain",
     "propose",
 ]
 
@@ -118,6 +146,31 @@ class SearchSettings:
     #: torch intra-op threads while fitting and optimising; the matrices are tiny, and more
     #: threads only add contention (10x slower on a busy 2-core machine). None: leave as is.
     num_threads: int | None = 1
+    #: Samples of the validation split: the binomial noise of accuracy-like metrics
+    #: (:mod:`.noise`); None: unknown (replicates, else the GP infers it). Set by whoever
+    #: knows the dataset (the worker), not by the job.
+    validation_samples: int | None = None
+    #: No proposal within the noise of a finished, pending or just proposed point (the rule
+    #: is in the module docstring).
+    skip_within_noise: bool = True
+    #: How many standard errors of a metric count as "within the noise".
+    noise_sigmas: float = 1.0
+    #: Largest distance (the largest difference of any encoded column, each in [0, 1]) at
+    #: which two points are "close".
+    near_distance: float = 0.05
+    #: The resolution of a noiseless (``"exact"``) metric: a relative change smaller than
+    #: this is not worth a trial next to a finished one, nor a trial at all when it is the
+    #: best predicted gain of the objective (:mod:`.stopping`).
+    min_relative_change: float = 0.05
+    #: Stop the job when the best predicted gain is below the objective's noise, once there
+    #: are at least ``stop_min_trials`` full-fidelity observations (single objective, "bo").
+    stop_below_noise: bool = True
+    stop_min_trials: int = 10
+
+    def __post_init__(self) -> None:
+        n = self.validation_samples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise ValueError(f"validation_samples must be a positive integer or None, got {n!r}")
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> SearchSettings:
@@ -130,15 +183,21 @@ class SearchSettings:
             return cls()
         if not isinstance(spec, Mapping):
             raise SearchSettingsError("search", "must be an object such as {'method': 'bo'}")
-        unknown = sorted(set(spec) - {"method"})
+        unknown = sorted(set(spec) - {"method", *SPEC_FIELDS})
         if unknown:
-            raise SearchSettingsError(f"search.{unknown[0]}", "unknown key; allowed: ['method']")
+            allowed = sorted({"method", *SPEC_FIELDS})
+            raise SearchSettingsError(f"search.{unknown[0]}", f"unknown key; allowed: {allowed}")
         method = spec.get("method", "bo")
         if method not in SEARCH_METHODS:
             raise SearchSettingsError(
                 "search.method", f"unknown method {method!r}; allowed: {', '.join(SEARCH_METHODS)}"
             )
-        return cls(method=method)
+        values = {
+            key: _spec_value(key, spec[key], *SPEC_FIELDS[key])
+            for key in SPEC_FIELDS
+            if key in spec
+        }
+        return cls(method=method, **values)
 
     def for_history(self, n_observations: int) -> SearchSettings:
         """These settings with the effort capped by :data:`LARGE_HISTORY_EFFORT` once the
@@ -167,6 +226,33 @@ class SearchSettings:
                     "search.method",
                     "two-phase needs a single objective ('maximize' or 'minimize') with constraints",
                 )
+
+
+#: The noise settings a job's ``search`` JSON may give: ``(type, lowest, highest)``.
+SPEC_FIELDS: dict[str, tuple[type, float, float]] = {
+    "skip_within_noise": (bool, 0, 1),
+    "noise_sigmas": (float, 0.0, 10.0),
+    "near_distance": (float, 0.0, 1.0),
+    "min_relative_change": (float, 0.0, 1.0),
+    "stop_below_noise": (bool, 0, 1),
+    "stop_min_trials": (int, 2, 10_000),
+}
+
+
+def _spec_value(key: str, value: Any, kind: type, low: float, high: float) -> Any:
+    """``value`` of the ``search`` JSON field ``key`` checked against its type and range."""
+    where = f"search.{key}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SearchSettingsError(where, "must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SearchSettingsError(where, f"must be a number between {low:g} and {high:g}")
+    if kind is int and value != int(value):
+        raise SearchSettingsError(where, "must be an integer")
+    if not low <= value <= high:
+        raise SearchSettingsError(where, f"must be between {low:g} and {high:g}, got {value!r}")
+    return kind(value)
 
 
 DEFAULT_SETTINGS = SearchSettings()
@@ -223,13 +309,7 @@ def propose(
         candidates = _sobol_candidates(space, seed, n_seen, explored)
         return [Proposal(next(candidates), _reason("sobol", history)) for _ in range(n)]
     try:
-        with (
-            warnings.catch_warnings(),
-            torch.random.fork_rng(devices=[]),
-            _torch_threads(settings.num_threads),
-        ):
-            warnings.simplefilter("ignore")
-            torch.manual_seed(seed * 1000 + len(history))
+        with _model_context(settings, seed * 1000 + len(history)):
             return _propose_with_model(
                 space,
                 objective,
@@ -248,7 +328,66 @@ def propose(
         return [Proposal(next(candidates), dict(reason)) for _ in range(n)]
 
 
+def predicted_gain(
+    space: SearchSpace,
+    objective: Objective,
+    history: Sequence[Observation],
+    *,
+    seed: int = 0,
+    settings: SearchSettings = DEFAULT_SETTINGS,
+) -> tuple[float, float] | None:
+    """The best predicted gain of a single objective and the objective's noise, both in
+    the objective metric's units; None when it cannot be told (a Pareto objective, no free
+    column, too few full-fidelity trials, a failed fit).
+
+    The gain is the largest expected improvement (constrained: times the probability that
+    every constraint holds) over the model's candidates, the unit grid in 1-D, else
+    ``4 * raw_samples`` scrambled Sobol points and the trials; the incumbent is the best
+    posterior mean of the trials observed feasible (as for ``LogCEI``). The noise is the
+    objective's resolution (the module docstring). Both are computed in modelled units
+    and brought back by the warp's slope at the incumbent.
+    """
+    if objective.kind != "single" or space.dim == 0:
+        return None
+    seed = seed % _SEED_MODULUS
+    try:
+        with _model_context(settings, seed * 1000 + len(history)):
+            settings = settings.for_history(len(history))
+            fitted = _fit(space, objective, history, settings, seed)
+            acqf, _ = _acquisition(fitted, objective, None, 1, seed, settings)
+            if space.dim == 1 and space.fixed_features_list() == [{}]:
+                pool = levelset.unit_grid(space)
+            else:
+                engine = torch.quasirandom.SobolEngine(space.dim, scramble=True, seed=seed)
+                pool = space.snap(engine.draw(4 * settings.raw_samples, dtype=torch.double))
+                pool = torch.cat([pool, fitted.X])
+            with torch.no_grad():
+                log_gain = float(acqf(pool.unsqueeze(-2)).max())
+            incumbent = _best_posterior_mean(fitted, objective.metrics[0][1] == "max")
+    except Exception:  # noqa: BLE001 - no model, no prediction: the rule does not apply
+        return None
+    warp = fitted.warps[0]
+    slope = float(warp.derivative(warp.untransform(torch.tensor(incumbent))).abs())
+    if not math.isfinite(slope) or slope <= 0:
+        return None
+    return math.exp(log_gain) / slope, float(fitted.resolution[0]) / slope
+
+
 # ------------------------------------------------------------------- helpers
+@contextmanager
+def _model_context(settings: SearchSettings, seed: int) -> Iterator[None]:
+    """Fit and optimise quietly, with ``settings.num_threads`` and a torch RNG seeded by
+    ``seed`` that leaves the global one untouched."""
+    with (
+        warnings.catch_warnings(),
+        torch.random.fork_rng(devices=[]),
+        _torch_threads(settings.num_threads),
+    ):
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)
+        yield
+
+
 @contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """Run with ``n`` torch intra-op threads, restoring the previous number after."""
@@ -351,20 +490,30 @@ def _training_data(
     return X, Y, names
 
 
-def _gp(X: Tensor, y: Tensor, cat_dims: list[int]) -> SingleTaskGP:
-    """An unfitted GP of one output column, outcome standardised. Inputs are already in the
-    unit cube, so there is no input scaling; categorical columns (``cat_dims``) get a
-    categorical kernel (``MixedSingleTaskGP``) instead of a distance."""
+def _gp(X: Tensor, y: Tensor, cat_dims: list[int], yvar: Tensor | None = None) -> SingleTaskGP:
+    """An unfitted GP of one output column, outcome standardised, with the fixed noise
+    ``yvar`` (None: the noise is inferred). Inputs are already in the unit cube, so there
+    is no input scaling; categorical columns (``cat_dims``) get a categorical kernel
+    (``MixedSingleTaskGP``) instead of a distance."""
     if cat_dims and len(cat_dims) < X.shape[-1]:
-        return MixedSingleTaskGP(X, y, cat_dims=cat_dims, outcome_transform=Standardize(m=1))
-    return SingleTaskGP(X, y, outcome_transform=Standardize(m=1))
+        return MixedSingleTaskGP(
+            X, y, cat_dims=cat_dims, train_Yvar=yvar, outcome_transform=Standardize(m=1)
+        )
+    return SingleTaskGP(X, y, train_Yvar=yvar, outcome_transform=Standardize(m=1))
 
 
 def _fit_model(
-    X: Tensor, Y: Tensor, cat_dims: list[int], settings: SearchSettings, seed: int
+    X: Tensor,
+    Y: Tensor,
+    cat_dims: list[int],
+    settings: SearchSettings,
+    seed: int,
+    Yvar: Tensor | None = None,
 ) -> ModelListGP:
     """One GP per output column, each fitted by marginal likelihood on its own (faster than
-    one joint fit) with at most ``settings.fit_maxiter`` L-BFGS steps.
+    one joint fit) with at most ``settings.fit_maxiter`` L-BFGS steps. A column of ``Yvar``
+    (measurement variances in modelled units) that is finite throughout is the GP's fixed
+    noise; otherwise the GP infers its noise.
 
     With more than ``settings.fit_subset`` rows, the hyperparameters are fitted on a subset
     (seeded by ``seed``) and loaded into a GP of every row: the posterior still uses all
@@ -377,16 +526,20 @@ def _fit_model(
     models = []
     for j in range(Y.shape[-1]):
         y = Y[:, j : j + 1]
-        gp = _gp(X, y, cat_dims) if subset is None else _gp(X[subset], y[subset], cat_dims)
+        yvar = None
+        if Yvar is not None and bool(Yvar[:, j].isfinite().all()):
+            yvar = Yvar[:, j : j + 1]
+        rows = slice(None) if subset is None else subset
+        gp = _gp(X[rows], y[rows], cat_dims, None if yvar is None else yvar[rows])
         fit_gpytorch_mll(
             ExactMarginalLogLikelihood(gp.likelihood, gp),
             optimizer_kwargs={"options": {"maxiter": settings.fit_maxiter}},
         )
         if subset is not None:
-            fitted = {
-                k: v for k, v in gp.state_dict().items() if not k.startswith("outcome_transform")
-            }
-            gp = _gp(X, y, cat_dims)
+            # a fixed noise belongs to the rows, not to the fit: the new GP has its own
+            skip = ("outcome_transform",) + (() if yvar is None else ("likelihood.noise_covar",))
+            fitted = {k: v for k, v in gp.state_dict().items() if not k.startswith(skip)}
+            gp = _gp(X, y, cat_dims, yvar)
             gp.load_state_dict(fitted, strict=False)
             gp.eval()
         models.append(gp)
@@ -428,9 +581,10 @@ def _analytic_constraints(
 
 @dataclass
 class _Fitted:
-    """The model and what is needed to read it: the training inputs, the modelled metrics
-    (``names``), their warps, the constraint bounds in modelled units, and which training
-    rows were observed feasible."""
+    """The model and what is needed to read it: the training inputs (full-fidelity trials),
+    the modelled metrics (``names``), their warps, the constraint bounds in modelled units,
+    which training rows were observed feasible and which were usable (not failed), and each
+    metric's ``resolution`` in modelled units (the module docstring's "within the noise")."""
 
     model: ModelListGP
     X: Tensor
@@ -439,6 +593,8 @@ class _Fitted:
     warps: list[OutputWarp]
     bounds: list[tuple[int, float, int]]
     feasible: Tensor
+    usable: Tensor
+    resolution: Tensor
 
 
 def _fit(
@@ -448,13 +604,82 @@ def _fit(
     settings: SearchSettings,
     seed: int,
 ) -> _Fitted:
-    """Warp the observed metrics (:mod:`.warp`) and fit one GP per modelled metric."""
+    """Warp the observed full-fidelity metrics (:mod:`.warp`), carry their measurement
+    variances (:mod:`.noise`) into modelled units, and fit one GP per modelled metric."""
+    history = [obs for obs in history if is_full_fidelity(obs)]
     X, Y, names = _training_data(space, objective, history)
     warps = choose_warps(objective, names, Y)
     Z = torch.stack([w.transform(Y[:, j]) for j, w in enumerate(warps)], dim=-1)
-    model = _fit_model(X, Z, space.categorical_columns, settings, seed)
+    usable = torch.tensor(
+        [obs.metrics is not None and all(is_finite(obs.metrics.get(m)) for m in names)
+         for obs in history]
+    )  # fmt: skip
+    Zvar = torch.stack(
+        [
+            measurement_variances(name, history, settings.validation_samples)
+            * warps[j].derivative(Y[:, j]) ** 2
+            for j, name in enumerate(names)
+        ],
+        dim=-1,
+    )
+    for j, name in enumerate(names):
+        if noise_kind(name) == "exact":
+            Zvar[:, j] = math.nan  # no measurement noise: the GP's own noise takes its misfit
+        floor = 1e-6 * float(Z[usable, j].var()) if int(usable.sum()) > 1 else 1e-12
+        Zvar[:, j] = Zvar[:, j].clamp_min(max(floor, 1e-12))
+    model = _fit_model(X, Z, space.categorical_columns, settings, seed, Zvar)
     feasible = torch.tensor([objective.is_feasible(obs.metrics) for obs in history])
-    return _Fitted(model, X, Z, names, warps, warped_bounds(objective, names, warps), feasible)
+    resolution = _resolution(model, names, warps, Y[usable], Zvar[usable], settings)
+    bounds = warped_bounds(objective, names, warps)
+    return _Fitted(model, X, Z, names, warps, bounds, feasible, usable, resolution)
+
+
+def _resolution(
+    model: ModelListGP,
+    names: Sequence[str],
+    warps: Sequence[OutputWarp],
+    Y: Tensor,
+    Zvar: Tensor,
+    settings: SearchSettings,
+) -> Tensor:
+    """Per modelled metric, the smallest difference worth a trial, in modelled units:
+    ``noise_sigmas`` standard errors (the median over the usable rows ``Y``/``Zvar``; the
+    GP's inferred noise where the measurement noise is unknown), or for a noiseless metric
+    ``min_relative_change`` of its value."""
+    out = []
+    for j, (name, warp) in enumerate(zip(names, warps, strict=True)):
+        if noise_kind(name) == "exact":
+            relative = (Y[:, j].abs() * warp.derivative(Y[:, j]).abs()).median()
+            out.append(settings.min_relative_change * float(relative))
+            continue
+        if bool(Zvar[:, j].isfinite().all()):
+            sd = float(Zvar[:, j].sqrt().median())
+        else:
+            gp = model.models[j]
+            noise = gp.likelihood.noise.mean() * gp.outcome_transform.stdvs.reshape(-1)[0] ** 2
+            sd = float(noise.detach().clamp_min(0).sqrt())
+        out.append(settings.noise_sigmas * sd)
+    return torch.tensor(out, dtype=torch.double)
+
+
+def _redundant(
+    fitted: _Fitted, candidates: Tensor, references: Tensor, settings: SearchSettings
+) -> Tensor:
+    """Which rows of ``candidates`` (``k x d``) are within the noise of a row of
+    ``references`` (``r x d``): close (no encoded column differs by more than
+    ``near_distance``) and predicted alike (every modelled metric's posterior means differ by
+    at most its resolution)."""
+    if not settings.skip_within_noise or references.numel() == 0 or candidates.numel() == 0:
+        return torch.zeros(candidates.shape[0], dtype=torch.bool)
+    distance = (candidates.unsqueeze(1) - references.unsqueeze(0)).abs().amax(dim=-1)
+    close = distance <= settings.near_distance
+    if not bool(close.any()):
+        return close.any(dim=-1)
+    with torch.no_grad():
+        mean_c = fitted.model.posterior(candidates).mean
+        mean_r = fitted.model.posterior(references).mean
+    alike = ((mean_c.unsqueeze(1) - mean_r.unsqueeze(0)).abs() <= fitted.resolution).all(dim=-1)
+    return (close & alike).any(dim=-1)
 
 
 def _acquisition(
@@ -553,15 +778,55 @@ def _best_posterior_mean(fitted: _Fitted, maximize: bool) -> float:
 
 
 def _optimize_one(
-    acqf: AcquisitionFunction, space: SearchSpace, settings: SearchSettings
-) -> tuple[Tensor, float]:
-    """The best ``1 x d`` point of the acquisition (snapped to what will be evaluated).
+    acqf: AcquisitionFunction,
+    space: SearchSpace,
+    settings: SearchSettings,
+    reject: Callable[[Tensor], Tensor] | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, float, int]:
+    """The best ``1 x d`` point of the acquisition (snapped to what will be evaluated) that
+    ``reject`` (a row mask) lets through, its value, and how many better points were
+    rejected (0 or 1). When every point looked at is rejected, the optimum itself (nothing
+    is better; :mod:`.stopping` decides whether to go on).
 
     Every combination of strategy and categorical values (:meth:`SearchSpace.fixed_features_list`)
     that leaves columns free goes through ``optimize_acqf_mixed``; a combination that fixes
     every column is a single point, evaluated directly (``optimize_acqf_mixed`` cannot mix
-    the two).
+    the two). When the optimum is rejected, the next best is the best allowed point of
+    ``4 * raw_samples`` scrambled Sobol points (snapped); in 1-D, of the whole grid.
     """
+    if space.dim == 1 and space.fixed_features_list() == [{}]:  # exact: every value
+        best, value, skipped = _best_allowed(acqf, levelset.unit_grid(space), reject)
+        return best, value, max(skipped, 0)
+    x, value = _acquisition_optimum(acqf, space, settings)
+    if reject is None or not bool(reject(x)[0]):
+        return x, value, 0
+    engine = torch.quasirandom.SobolEngine(space.dim, scramble=True, seed=seed)
+    pool = space.snap(engine.draw(4 * settings.raw_samples, dtype=torch.double))
+    best, best_value, skipped = _best_allowed(acqf, pool, reject)
+    return (best, best_value, 1) if skipped >= 0 else (x, value, 0)
+
+
+def _best_allowed(
+    acqf: AcquisitionFunction, points: Tensor, reject: Callable[[Tensor], Tensor] | None
+) -> tuple[Tensor, float, int]:
+    """The row of ``points`` of highest acquisition that ``reject`` lets through, its value,
+    and whether the highest of all was rejected (-1: all were, and the answer is the
+    highest)."""
+    with torch.no_grad():
+        values = acqf(points.unsqueeze(-2)).reshape(-1)
+    top = int(values.argmax())
+    rejected = reject(points) if reject is not None else torch.zeros_like(values, dtype=torch.bool)
+    if bool(rejected.all()):
+        return points[top : top + 1], float(values[top]), -1
+    best = int(values.masked_fill(rejected, -math.inf).argmax())
+    return points[best : best + 1], float(values[best]), int(best != top and bool(rejected[top]))
+
+
+def _acquisition_optimum(
+    acqf: AcquisitionFunction, space: SearchSpace, settings: SearchSettings
+) -> tuple[Tensor, float]:
+    """The acquisition's optimum over the space (see :func:`_optimize_one`)."""
     bounds = torch.stack(
         [torch.zeros(space.dim, dtype=torch.double), torch.ones(space.dim, dtype=torch.double)]
     )
@@ -575,12 +840,6 @@ def _optimize_one(
         post_processing_func=space.snap,
     )
     combos = space.fixed_features_list()
-    if space.dim == 1 and combos == [{}]:  # exact: every value that can be evaluated
-        grid = levelset.unit_grid(space)
-        with torch.no_grad():
-            values = acqf(grid.unsqueeze(-2))
-        best = int(values.argmax())
-        return grid[best : best + 1], float(values[best])
     if combos == [{}]:
         x, value = optimize_acqf(**common)
         return x.reshape(1, space.dim), float(value.reshape(-1)[0])
@@ -642,14 +901,9 @@ def _propose_with_model(
             bound = space.decode(upper.max(dim=0).values) if upper.numel() else None
             extra = {"phase": 2, "upper_bound": bound.params if bound else None}
     else:
-        picks = []
-        for i in range(n):  # sequential greedy: each point is pending for the next
-            picks.append(_optimize_one(acqf, space, settings))
-            if i + 1 < n:
-                batch = torch.cat([x for x, _ in picks])
-                acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
+        picks = _greedy_picks(fitted, acqf, space, settings, X_pending, n, seed)
 
-    points = torch.cat([x for x, _ in picks])
+    points = torch.cat([x for x, *_ in picks])
     with torch.no_grad():
         posterior = model.posterior(points)
         mean, std = posterior.mean, posterior.variance.clamp_min(0).sqrt()
@@ -657,8 +911,9 @@ def _propose_with_model(
     n_seen = len(history) + len(pending)
     fallback = _sobol_candidates(space, seed, n_seen + n, explored)
     proposals = []
-    for i, (_, value) in enumerate(picks):
-        candidate = space.decode(points[i])
+    for row, (_, value, *rest) in enumerate(picks):
+        skipped = rest[0] if rest else 0
+        candidate = space.decode(points[row])
         if candidate.key() in taken:  # same as a pending one or an earlier proposal
             reason = _reason(
                 "random-fallback",
@@ -672,9 +927,40 @@ def _propose_with_model(
         taken.add(candidate.key())
         explored.add(candidate.key())
         predicted = {
-            name: {"mean": _json_number(m[i]), "std": _json_number(sd[i])}
+            name: {"mean": _json_number(m[row]), "std": _json_number(sd[row])}
             for name, (m, sd) in zip(names, described, strict=True)
         }
         reason = _reason(method, history, acquisition_value=value, predicted=predicted)
+        if settings.method == "bo" and settings.skip_within_noise:
+            reason["skipped_within_noise"] = skipped
         proposals.append(Proposal(candidate, {**reason, **extra}))
     return proposals
+
+
+def _greedy_picks(
+    fitted: _Fitted,
+    acqf: AcquisitionFunction,
+    space: SearchSpace,
+    settings: SearchSettings,
+    X_pending: Tensor | None,
+    n: int,
+    seed: int,
+) -> list[tuple[Tensor, float, int]]:
+    """``n`` points, sequentially greedy (each one pending for the next), none within the
+    noise of a finished full-fidelity trial, a pending point or an earlier pick."""
+    references = fitted.X[fitted.usable]
+    if X_pending is not None:
+        references = torch.cat([references, X_pending])
+    picks: list[tuple[Tensor, float, int]] = []
+    for i in range(n):
+
+        def reject(P: Tensor, refs: Tensor = references) -> Tensor:
+            return _redundant(fitted, P, refs, settings)
+
+        x, value, skipped = _optimize_one(acqf, space, settings, reject, seed + i)
+        picks.append((x, value, skipped))
+        references = torch.cat([references, x])
+        if i + 1 < n:
+            batch = torch.cat([p for p, *_ in picks])
+            acqf.set_X_pending(batch if X_pending is None else torch.cat([X_pending, batch]))
+    return picks

@@ -4,7 +4,9 @@ Points are metric dicts (``{"accuracy": 0.98, "size_bytes": 1.2e5}``); goals are
 ``(metric, "max" | "min")`` pairs. Points with a missing or non-finite goal metric
 (:func:`.metric_table.finite_values`) are never on a front and add no hypervolume. The
 history helpers (:func:`feasible_front`, :func:`best_feasible`) take lists of
-:class:`.observation.Observation` and answer indices into them.
+:class:`.observation.Observation` and answer indices into them; they count full-fidelity
+observations only (``fidelity >= 1``): a shorter fine-tune's result is never a front point
+nor the best.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from botorch.utils.multi_objective.pareto import is_non_dominated
 
 from .metric_table import Goal, finite_values
 from .objective import Objective
-from .observation import Observation
+from .observation import Observation, full_fidelity
 
 __all__ = ["best_feasible", "feasible_front", "hypervolume", "infer_reference", "pareto_front"]
 
@@ -103,16 +105,17 @@ def feasible_front(
     objective: Objective,
     goals: Sequence[tuple[str, Goal]] | None = None,
 ) -> list[int]:
-    """Indices (ascending) of the feasible observations that are non-dominated on ``goals``
-    (default: the objective's metrics)."""
+    """Indices (ascending) of the feasible full-fidelity observations that are non-dominated
+    on ``goals`` (default: the objective's metrics)."""
     goals = objective.metrics if goals is None else goals
-    feasible = [i for i, obs in enumerate(history) if objective.is_feasible(obs.metrics)]
+    feasible = [i for i in full_fidelity(history) if objective.is_feasible(history[i].metrics)]
     front = pareto_front([history[i].metrics for i in feasible], goals)
     return [feasible[j] for j in front]
 
 
 def best_feasible(history: Sequence[Observation], objective: Objective) -> int | None:
-    """Index of the best feasible observation (first one on ties), None if none is feasible.
+    """Index of the best feasible full-fidelity observation (first one on ties), None if
+    none is.
 
     For a Pareto objective, "best" is the feasible front point best on the first metric.
     """

@@ -1,13 +1,24 @@
 """Stopping rules: why a job must propose nothing more, as one pure function.
 
-A job stops when its trial budget is spent, its time budget is spent, or (when it sets a
-``patience``) when the last ``patience`` finished trials brought no improvement:
+A job stops when its trial budget is spent, its time budget is spent, (when it sets a
+``patience``) when the last ``patience`` finished trials brought no improvement, or (when
+given its search space and settings) when the search has converged below the noise:
 
 * single objective: the best feasible objective value did not improve by more than
   ``min_improvement`` times its magnitude (``0`` means any strict improvement counts);
 * Pareto objective: the hypervolume of the feasible front (reference point inferred from
   every feasible trial, so all prefixes are measured alike) did not grow by more than
-  ``min_improvement`` times itself.
+  ``min_improvement`` times itself;
+* converged (single objective, ``SearchSettings.stop_below_noise``, at least
+  ``stop_min_trials`` full-fidelity trials): the best predicted gain of the objective
+  (:func:`.optimizer.predicted_gain`: the largest constrained expected improvement over the
+  model's candidates) is below the objective's measurement noise (its ``noise_sigmas``
+  standard errors, or ``min_relative_change`` of its value for a noiseless metric such as
+  ``compression_ratio``): ``"converged: the best predicted gain of compression_ratio (0.21)
+  is below its measurement noise (0.38)"``.
+
+Only full-fidelity observations (``fidelity >= 1``) count for patience and convergence; the
+trial budget counts every trial.
 
 The answer is a sentence for ``job.stop_reason``, or ``None`` while the job may go on.
 """
@@ -18,8 +29,10 @@ import math
 from collections.abc import Sequence
 
 from .objective import Objective
-from .observation import Observation
+from .observation import Observation, is_full_fidelity
+from .optimizer import DEFAULT_SETTINGS, SearchSettings, predicted_gain
 from .pareto import hypervolume, infer_reference
+from .space import SearchSpace
 
 __all__ = ["progress_curve", "stop_reason"]
 
@@ -34,6 +47,9 @@ def stop_reason(
     max_minutes: float | None = None,
     patience: int | None = None,
     min_improvement: float = 0.0,
+    space: SearchSpace | None = None,
+    settings: SearchSettings = DEFAULT_SETTINGS,
+    seed: int = 0,
 ) -> str | None:
     """Why the job must stop, or None while it may go on.
 
@@ -47,12 +63,29 @@ def stop_reason(
         max_minutes: the time budget (None or 0: none).
         patience: stop after this many finished trials without improvement (None: never).
         min_improvement: the relative gain that counts as an improvement (>= 0).
+        space: the job's search space; None: no convergence rule.
+        settings: the job's search settings (the convergence rule's switches and the
+            validation split's size).
+        seed: the job's seed (the model fit is seeded like the optimiser's).
     """
     n_trials = len(history) if n_trials is None else n_trials
     if n_trials >= max_trials:
         return f"trial budget spent ({max_trials} trials)"
     if max_minutes and elapsed_s is not None and elapsed_s >= 60.0 * max_minutes:
         return f"time budget spent ({max_minutes:g} minutes)"
+    history = [obs for obs in history if is_full_fidelity(obs)]
+    return _stale(history, objective, patience, min_improvement) or _converged(
+        history, objective, space, settings, seed
+    )
+
+
+def _stale(
+    history: Sequence[Observation],
+    objective: Objective,
+    patience: int | None,
+    min_improvement: float,
+) -> str | None:
+    """The patience rule's sentence, or None."""
     if patience is None or patience <= 0 or len(history) < patience:
         return None
     curve = progress_curve(history, objective)
@@ -66,6 +99,30 @@ def stop_reason(
     return (
         f"no improvement in the last {stale} finished trials (patience {patience}; "
         f"best {what} {curve[last]:.6g} since trial {last})"
+    )
+
+
+def _converged(
+    history: Sequence[Observation],
+    objective: Objective,
+    space: SearchSpace | None,
+    settings: SearchSettings,
+    seed: int,
+) -> str | None:
+    """The convergence rule's sentence, or None."""
+    if space is None or not settings.stop_below_noise or settings.method != "bo":
+        return None
+    if objective.kind != "single" or len(history) < settings.stop_min_trials:
+        return None
+    if not any(objective.is_feasible(obs.metrics) for obs in history):
+        return None
+    answer = predicted_gain(space, objective, history, seed=seed, settings=settings)
+    if answer is None or not answer[0] < answer[1]:
+        return None
+    gain, noise = answer
+    return (
+        f"converged: the best predicted gain of {objective.metric_names[0]} ({gain:.3g}) is "
+        f"below its measurement noise ({noise:.3g})"
     )
 
 

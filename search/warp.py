@@ -16,7 +16,9 @@ then steep. So before fitting, each modelled metric is warped by a strictly incr
 * ``identity`` otherwise.
 
 Constraint bounds are warped by the same maps (:func:`warped_bounds`), and
-:meth:`OutputWarp.untransform` brings predictions back to the metric's units.
+:meth:`OutputWarp.untransform` brings predictions back to the metric's units. A measurement's
+variance is carried into modelled units by the delta method (:meth:`OutputWarp.derivative`):
+``var_z = var_y * (dz/dy)**2``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ class OutputWarp:
         if self.kind == "bilog":
             return self.center + self.scale * z.sign() * z.abs().expm1()
         return z
+
+    def derivative(self, y: Tensor) -> Tensor:
+        """``dz/dy`` at ``y`` (metric units): how a small spread, such as a measurement's
+        standard error, is scaled into modelled units (the delta method)."""
+        if self.kind == "log":
+            return 1.0 / y
+        if self.kind == "bilog":
+            return 1.0 / (self.scale * (1.0 + ((y - self.center) / self.scale).abs()))
+        return torch.ones_like(y)
 
     def bound(self, value: float) -> float:
         """A constraint bound in modelled units."""

@@ -13,7 +13,7 @@
     autocompress export CKPT --format onnx|pt2 --output model.onnx   # here, from a checkpoint
     autocompress apply --architecture lenet-300-100 --weights w.safetensors \
         --dataset builtin:mnist --strategy '[{"op": "mpd", "blocks": 10}]' \
-        --finetune '{"method": "masked", "epochs": 2}' --output packed.safetensors
+        --finetune '{"method": "masked", "epochs": 2}' --output packed.acpk
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def run_demo(trials: int = 10, epochs: float = 1.0, seed: int = 0, port: int = 0
             console.print(f"[red]no feasible result: state {job['state']}, {job.get('error')}")
             print(json.dumps({"job": job_id, "state": job["state"], "error": job.get("error")}))
             return 1
-        download = settings.home / "downloads" / f"job{job_id}-trial{best['number']}.safetensors"
+        download = settings.home / "downloads" / f"job{job_id}-trial{best['number']}.acpk"
         download.parent.mkdir(parents=True, exist_ok=True)
         with client.stream("GET", f"/v1/trials/{best['id']}/checkpoint") as r:
             r.raise_for_status()

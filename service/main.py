@@ -10,13 +10,15 @@
 - distributed: a `CeleryDispatcher` that sends JSON messages to `autocompress worker`
   processes, whose main process runs the sweeper.
 
-`autocompress serve`, `autocompress demo` and the tests build their app here.
+`autocompress serve`, `autocompress demo` and the tests build their app here. It also lets the
+`export:` model source read programs under the artifact root (`operators.export.allow_root`).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from operators.export import allow_root
 from service import api
 from service.core.settings import Settings, get_settings
 from workers.dispatch import CeleryDispatcher, LocalDispatcher
@@ -26,6 +28,7 @@ from workers.sweeper import Sweeper
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for `settings` (default: from the environment) with the workers of its mode."""
     settings = settings or get_settings()
+    allow_root(settings.artifact_root)  # export: programs are stored there (routes/models.py)
     if not settings.embedded:
         return api.create_app(settings, dispatcher=CeleryDispatcher.from_settings(settings))
     dispatcher = LocalDispatcher(settings)

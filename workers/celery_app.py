@@ -2,13 +2,15 @@
 
 The configuration is `workers.celery_config`; the tasks are thin wrappers around
 `workers.jobs`, and follow-up work goes out through a `CeleryDispatcher` on this same app. A
-sweeper thread in the worker's main process re-queues trials of workers that died.
+sweeper thread in the worker's main process re-queues trials of workers that died. The
+artifact root is allowed for ``export:`` programs, as in the server (`service.main`).
 """
 
 from __future__ import annotations
 
 from celery import signals
 
+from operators.export import allow_root
 from service.core.db import check_schema
 from service.core.logs import configure_logging
 from service.core.settings import get_settings
@@ -18,6 +20,7 @@ from workers.dispatch import CeleryDispatcher
 from workers.sweeper import Sweeper
 
 app = make_celery(get_settings())
+allow_root(get_settings().artifact_root)  # export: programs are stored there (routes/models.py)
 dispatcher = CeleryDispatcher(app)
 
 

@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +50,7 @@ from service.core.dispatch import Dispatcher, send_after_commit
 from service.core.settings import Settings
 from service.core.storage import ArtifactStore, StagedFile, publishing_session
 from workers.device import describe, worker_device
-from workers.trial import ModelSource, compute_baseline, run_trial
+from workers.trial import ModelSource, compute_baseline, extends, run_trial, strategy_epochs
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,51 @@ def _model_source(session: Session, store: ArtifactStore, model_id: int) -> Mode
     return ModelSource(record.architecture, dict(record.config), store.resolve(weights.path))
 
 
-def _stop_reason(
-    job: Job, trials: list[Trial], observations: list[Observation], now: datetime
-) -> str | None:
-    """Why the job must propose nothing more (cancel, trials, time, patience), or None."""
+def _budget_spent(job: Job, trials: list[Trial], now: datetime) -> str | None:
+    """Why nothing more may start, not even a continued rung: cancel, time, epochs; or None."""
     if job.cancel_requested:
         return repository.CANCELLED_BY_USER
     budget = job.spec["budget"]
     started = as_utc(job.started_at)
+    minutes = budget.get("max_minutes")
+    if minutes and started is not None and (now - started).total_seconds() >= 60.0 * minutes:
+        return f"time budget spent ({minutes:g} minutes)"
+    max_epochs = budget.get("max_epochs")
+    if max_epochs and _epochs_spent(trials) >= max_epochs:
+        return f"epoch budget spent ({max_epochs:g} epochs)"
+    return None
+
+
+def _epochs_spent(trials: list[Trial]) -> float:
+    """Fine-tuning epochs of the job's trials, run or under way (a cancelled one's count no
+    more than what it had done)."""
+    return sum(
+        (t.epochs or 0.0) * (t.progress if t.state == "cancelled" else 1.0) for t in trials
+    )
+
+
+def _search_settings(job: Job) -> SearchSettings:
+    """The job's ``search`` settings, with the validation split's size from its baseline (the
+    accuracy's binomial noise: no proposal within it, stop when no gain above it is left)."""
+    settings = SearchSettings.from_spec(job.spec.get("search"))
+    samples = (job.baseline or {}).get("validation_samples")
+    return replace(settings, validation_samples=samples) if samples else settings
+
+
+def _stop_reason(job: Job, trials: list[Trial], observations: list[Observation]) -> str | None:
+    """Why the job must propose no new candidate (trials, patience, converged below the
+    noise), or None."""
+    budget = job.spec["budget"]
     return stop_reason(
         observations,
         Objective.from_spec(job.spec["objective"]),
         max_trials=budget["max_trials"],
-        n_trials=len(trials),
-        elapsed_s=(now - started).total_seconds() if started else None,
-        max_minutes=budget.get("max_minutes"),
+        n_trials=sum(not t.rung for t in trials),  # continued rungs are not new trials
         patience=budget.get("patience"),
         min_improvement=budget.get("min_improvement", 0.0),
+        space=SearchSpace.from_spec(job.spec["search_space"]),
+        settings=_search_settings(job),
+        seed=job.seed,
     )
 
 
@@ -95,13 +124,104 @@ def _history(trials: list[Trial]) -> tuple[list[Observation], list[Candidate]]:
     observations, pending = [], []
     for t in trials:
         candidate = Candidate(strategy=t.strategy, params=dict(t.params))
+        fidelity = 1.0 if t.fidelity is None else t.fidelity
         if t.state == "succeeded":
-            observations.append(Observation(candidate=candidate, metrics=t.metrics))
+            observations.append(Observation(candidate, t.metrics, fidelity=fidelity))
         elif t.state == "failed":
-            observations.append(Observation(candidate=candidate, metrics=None))
+            observations.append(Observation(candidate, None, fidelity=fidelity))
         elif t.state in ACTIVE_TRIAL_STATES:
             pending.append(candidate)
     return observations, pending
+
+
+# --- multi-fidelity rungs and warm starts -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """Successive halving (``budget.rungs``): rung k fine-tunes ``fractions[k]`` of a trial's
+    epochs; of every ``eta`` trials finished at a rung, the best is continued at the next."""
+
+    fractions: tuple[float, ...]
+    eta: int
+
+    @classmethod
+    def of(cls, job: Job) -> Rungs:
+        spec = job.spec["budget"].get("rungs")
+        if not spec:
+            return cls((1.0,), 1)
+        fraction, eta, fractions = float(spec["min_fraction"]), int(spec["eta"]), []
+        while fraction < 1.0 - 1e-9:
+            fractions.append(fraction)
+            fraction *= eta
+        return cls((*fractions, 1.0), eta)
+
+    @property
+    def top(self) -> int:
+        return len(self.fractions) - 1
+
+
+def _full_epochs(job: Job, steps: list[dict[str, Any]]) -> float:
+    return strategy_epochs(steps, job.spec["finetune"])
+
+
+def _promotions(
+    trials: list[Trial], objective: Objective, rungs: Rungs, *, drain: bool
+) -> list[Trial]:
+    """The trials to continue at their next rung, the most advanced rung first: at each rung
+    below the top, the best ``floor(finished / eta)`` of its finished trials not yet continued.
+    ``drain`` (the job would otherwise finish without a full-fidelity result): the best
+    trial of the highest rung reached is continued even if its rung is not full."""
+    continued = {t.parent_trial_id for t in trials if t.rung}
+    out: list[Trial] = []
+    for rung in range(rungs.top - 1, -1, -1):
+        finished = [t for t in trials if t.rung == rung and t.state in ("succeeded", "failed")]
+        ranked = sorted(
+            (t for t in finished if t.state == "succeeded"),
+            key=lambda t: repository.result_rank(t.metrics, objective),
+        )
+        best = ranked[: len(finished) // rungs.eta]
+        out += [t for t in best if t.id not in continued]
+        if drain and not out and ranked and all(t.rung <= rung for t in trials):
+            out = [ranked[0]] if ranked[0].id not in continued else []
+    return out
+
+
+def _warm_parent(
+    job: Job, trials: list[Trial], objective: Objective, steps: list[dict[str, Any]]
+) -> Trial | None:
+    """With ``warm_start`` on, the best finished full-fidelity trial whose steps ``steps``
+    extend (:func:`workers.trial.extends`); None without one, or when kd needs the
+    registered model as the student's start."""
+    if not job.spec.get("warm_start") or _uses_kd(job, steps):
+        return None
+    parents = [
+        t for t in trials
+        if t.state == "succeeded" and (t.fidelity or 1.0) >= 1.0 and t.checkpoint_artifact_id
+        and extends(steps, t.steps)
+    ]  # fmt: skip
+    return min(parents, key=lambda t: repository.result_rank(t.metrics, objective), default=None)
+
+
+def _uses_kd(job: Job, steps: list[dict[str, Any]]) -> bool:
+    methods = [job.spec["finetune"].get("method")]
+    methods += [(s.get("finetune") or {}).get("method") for s in steps if isinstance(s, dict)]
+    return "kd" in methods
+
+
+def _add_continuation(
+    session: Session, job: Job, number: int, parent: Trial, rungs: Rungs, rank: int
+) -> Trial:
+    """The rung-higher trial of ``parent``: the same candidate, continued from its checkpoint
+    for the epochs the next rung adds."""
+    rung = parent.rung + 1
+    added = rungs.fractions[rung] - rungs.fractions[parent.rung]
+    return repository.add_trial(
+        session, job.id, number, strategy=parent.strategy, params=parent.params,
+        steps=parent.steps, fidelity=rungs.fractions[rung], rung=rung,
+        parent_trial_id=parent.id, epochs=round(added * _full_epochs(job, parent.steps), 6),
+        reason={"method": "promotion", "rung": rung, "from_trial": parent.number, "rank": rank},
+    )  # fmt: skip
 
 
 def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None:
@@ -119,43 +239,74 @@ def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None
             if job.cancel_requested:
                 repository.cancel_queued_trials(trials, now)
             active = [t for t in trials if t.state in ACTIVE_TRIAL_STATES]
-            observations, pending = _history(trials)
-            reason = _stop_reason(job, trials, observations, now)
-            if reason is not None:
+            spent = _budget_spent(job, trials, now)
+            if spent is not None:
                 if not active:
-                    repository.finish_job(job, trials, now, reason)
+                    repository.finish_job(job, trials, now, spent)
                 return
-            free = min(
-                repository.inflight_limit(job, settings.max_inflight_per_job) - len(active),
-                job.spec["budget"]["max_trials"] - len(trials),
-            )
-            if free <= 0:
-                return
-            space = SearchSpace.from_spec(job.spec["search_space"])
+            observations, pending = _history(trials)
+            reason = _stop_reason(job, trials, observations)
             objective = Objective.from_spec(job.spec["objective"])
-            try:
-                search_settings = SearchSettings.from_spec(job.spec.get("search"))
-                proposals = propose(
-                    space, objective, observations, pending, free, seed=job.seed, settings=search_settings
-                )
-            except Exception as exc:  # the optimiser is meant never to raise; if it does, say so
-                log.exception("optimiser failed for job %s", job_id, extra={"job_id": job_id})
-                repository.fail_job(job, now, f"optimiser failed: {exc}")
-                return
-            for i, proposal in enumerate(proposals):
-                trial = repository.add_trial(
-                    session,
-                    job_id,
-                    len(trials) + i,
-                    strategy=proposal.candidate.strategy,
-                    params=proposal.candidate.params,
-                    steps=space.materialize(proposal.candidate),
-                    reason=proposal.reason,
-                )
+            rungs = Rungs.of(job)
+            slots = repository.inflight_limit(job, settings.max_inflight_per_job) - len(active)
+            drain = reason is not None and not active and not any(
+                t.state == "succeeded" and t.rung == rungs.top for t in trials
+            )
+            promoted = _promotions(trials, objective, rungs, drain=drain)[: max(0, slots)]
+            for rank, parent in enumerate(promoted, start=1):
+                trial = _add_continuation(session, job, len(trials) + len(to_run), parent, rungs, rank)
                 to_run.append((trial.id, trial.attempt))
+            free = 0 if reason is not None else min(
+                slots - len(promoted),
+                job.spec["budget"]["max_trials"] - sum(not t.rung for t in trials),
+            )
+            if reason is not None and not active and not promoted:
+                repository.finish_job(job, trials, now, reason)
+                return
+            if free > 0 and not _propose(session, job, trials, free, rungs, (observations, pending), to_run, now):
+                return
             repository.mark_sent(session, [trial_id for trial_id, _ in to_run])
         for trial_id, attempt in to_run:  # after the commit: messages are hints
             send_after_commit(dispatcher.evaluate_trial, trial_id, attempt)
+
+
+def _propose(
+    session: Session,
+    job: Job,
+    trials: list[Trial],
+    free: int,
+    rungs: Rungs,
+    history: tuple[list[Observation], list[Candidate]],
+    to_run: list[tuple[int, int]],
+    now: datetime,
+) -> bool:
+    """Ask the optimiser for ``free`` candidates and add them as rung-0 trials (warm-started
+    when a finished trial is their parent); False when the optimiser failed the job."""
+    space = SearchSpace.from_spec(job.spec["search_space"])
+    objective = Objective.from_spec(job.spec["objective"])
+    try:
+        proposals = propose(
+            space, objective, *history, free, seed=job.seed, settings=_search_settings(job)
+        )
+    except Exception as exc:  # the optimiser is meant never to raise; if it does, say so
+        log.exception("optimiser failed for job %s", job.id, extra={"job_id": job.id})
+        repository.fail_job(job, now, f"optimiser failed: {exc}")
+        return False
+    fraction = rungs.fractions[0]
+    for proposal in proposals:
+        steps = space.materialize(proposal.candidate)
+        parent = _warm_parent(job, trials, objective, steps)
+        reason = proposal.reason
+        if parent is not None:
+            reason = {**(reason or {}), "warm_start": {"parent": parent.id, "number": parent.number}}
+        trial = repository.add_trial(
+            session, job.id, len(trials) + len(to_run), strategy=proposal.candidate.strategy,
+            params=proposal.candidate.params, steps=steps, reason=reason, fidelity=fraction,
+            rung=0, parent_trial_id=parent.id if parent else None,
+            epochs=round(fraction * _full_epochs(job, steps), 6),
+        )  # fmt: skip
+        to_run.append((trial.id, trial.attempt))
+    return True
 
 
 def _ensure_baseline(
@@ -269,7 +420,26 @@ def _claim(settings: Settings, trial_id: int, attempt: int) -> dict[str, Any] | 
             "baseline": job.baseline,
             "steps": trial.steps,
             "number": trial.number,
+            **_start(session, store, trial),
         }
+
+
+def _start(session: Session, store: ArtifactStore, trial: Trial) -> dict[str, Any]:
+    """How the trial starts (run_trial's keywords): its fidelity and, with a parent, the
+    parent's checkpoint, continued for the trial's epochs when it is the rung below."""
+    start: dict[str, Any] = {"fraction": 1.0 if trial.fidelity is None else trial.fidelity}
+    parent = session.get(Trial, trial.parent_trial_id) if trial.parent_trial_id else None
+    if parent is None or parent.checkpoint_artifact_id is None:
+        return start
+    start["start_from"] = store.resolve(session.get(Artifact, parent.checkpoint_artifact_id).path)
+    if trial.rung > parent.rung:  # a continued rung, not a warm start
+        start["resume_epochs"] = trial.epochs or 0.0
+        start["prior_epochs"] = float((parent.metrics or {}).get("total_finetune_epochs", 0.0))
+    return start
+
+
+#: The keys of a claim that say how the trial starts (see :func:`_start`).
+START_KEYS = ("fraction", "start_from", "resume_epochs", "prior_epochs")
 
 
 def _finish_trial(
@@ -327,10 +497,12 @@ def evaluate_trial(settings: Settings, dispatcher: Dispatcher, trial_id: int, at
                 should_stop=heartbeat.should_stop,
                 on_progress=on_progress,
                 on_stage=on_stage,
+                **{k: claim[k] for k in START_KEYS if k in claim},
                 metadata={
                     "job": job_id,
                     "trial": trial_id,
                     "steps": claim["steps"],
+                    "fidelity": claim["fraction"],
                     # what `autocompress evaluate` compares a downloaded checkpoint with
                     "baseline": {k: claim["baseline"][k] for k in ("accuracy", "size_bytes")},
                 },

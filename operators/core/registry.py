@@ -76,6 +76,7 @@ _plain(
 )  # fmt: skip
 for _name, _cls in (("batchnorm1d", nn.BatchNorm1d), ("batchnorm2d", nn.BatchNorm2d)):
     _plain(_name, _cls, ("num_features", "eps", "momentum", "affine", "track_running_stats"))
+PLAIN_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def register_kind(cls: type[nn.Module]) -> type[nn.Module]:
@@ -86,9 +87,11 @@ def register_kind(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def kind_of(module: nn.Module) -> str | None:
-    """The registered kind of ``module`` (exact type match), or None."""
+    """The registered kind of ``module`` (its type, or the torch layer it computes as: see
+    :func:`plain_layer_type`), or None."""
+    layer_type = plain_layer_type(module)
     for kind in MODULE_KINDS.values():
-        if type(module) is kind.type:
+        if layer_type is kind.type:
             return kind.name
     return None
 
@@ -97,6 +100,53 @@ def describe(module: nn.Module) -> dict[str, Any] | None:
     """``{"kind", "args"}`` of a registered module, or None for any other module."""
     kind = kind_of(module)
     return None if kind is None else {"kind": kind, "args": MODULE_KINDS[kind].args(module)}
+
+
+RESIZED = "resized"
+# The size attributes torch-pruning updates when it shrinks a layer of any (sub)class.
+SIZE_ATTRIBUTES = ("in_features", "out_features", "in_channels", "out_channels", "num_features",
+                   "num_channels", "embed_dim")  # fmt: skip
+
+
+def _direct_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {**{k: v for k, v in module._parameters.items() if v is not None},
+            **{k: v for k, v in module._buffers.items() if v is not None}}  # fmt: skip
+
+
+def describe_resized(module: nn.Module, base: nn.Module) -> dict[str, Any] | None:
+    """``{"kind": "resized", "args": {"shapes", "attrs"}}`` for a module of a type with no
+    registered kind (timm's ``BatchNormAct2d``, a Linear subclass) whose own tensors have other
+    shapes than in the architecture (structural pruning shrank it), else None. Rebuilt by
+    :func:`resize_module` on the architecture's module, so its type and forward are kept."""
+    mine, theirs = _direct_tensors(module), _direct_tensors(base)
+    shapes = {k: list(v.shape) for k, v in mine.items()}
+    if mine.keys() != theirs.keys() or all(list(theirs[k].shape) == shapes[k] for k in shapes):
+        return None
+    attrs = {a: getattr(module, a) for a in SIZE_ATTRIBUTES
+             if isinstance(getattr(module, a, None), int) and getattr(module, a) != getattr(base, a)}  # fmt: skip
+    return {"kind": RESIZED, "args": {"shapes": shapes, "attrs": attrs}}
+
+
+def resize_module(module: nn.Module, args: dict[str, Any]) -> None:
+    """Give ``module`` (the architecture's, in place) the tensor shapes and size attributes a
+    ``resized`` record names; the values are the checkpoint's, loaded afterwards."""
+    shapes, attrs = args.get("shapes"), args.get("attrs", {})
+    tensors = _direct_tensors(module)
+    if not isinstance(shapes, dict) or shapes.keys() != tensors.keys() or not isinstance(attrs, dict):
+        raise ValueError(f"a resized record must name the tensors {sorted(tensors)}")
+    for key, shape in shapes.items():
+        if not (isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**31 for d in shape)):
+            raise ValueError(f"resized: bad shape for {key}: {shape!r}")
+        old = tensors[key]
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if key in module._parameters:
+            module._parameters[key] = nn.Parameter(new, requires_grad=old.requires_grad)
+        else:
+            module._buffers[key] = new
+    for key, value in attrs.items():
+        if key not in SIZE_ATTRIBUTES or not isinstance(value, int):
+            raise ValueError(f"resized: unknown size attribute {key!r}")
+        setattr(module, key, value)
 
 
 def build_module(kind: str, args: dict[str, Any]) -> nn.Module:
@@ -149,9 +199,30 @@ def register(op: type[Op]) -> type[Op]:
     return op
 
 
+# Subclasses of torch layers that compute exactly what their base computes (they override
+# ``forward`` only for TorchScript), by qualified name: packed like their base.
+EQUIVALENT_LAYERS: dict[str, type[nn.Module]] = {"timm.layers.linear.Linear": nn.Linear}
+
+
+def plain_layer_type(module: nn.Module) -> type[nn.Module]:
+    """The plain torch layer (``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm1d/2d``) ``module``
+    computes as: for a subclass that does not override ``forward``
+    (``NonDynamicallyQuantizableLinear``) or is listed in :data:`EQUIVALENT_LAYERS` (timm's
+    ``Linear``), that base; for anything else its own type."""
+    cls = type(module)
+    listed = EQUIVALENT_LAYERS.get(f"{cls.__module__}.{cls.__qualname__}")
+    if listed is not None:
+        return listed
+    for base in cls.__mro__:
+        if base in PLAIN_LAYERS and cls.forward is base.forward:
+            return base
+    return cls
+
+
 def pack_module(dense: nn.Module, spec: PackSpec) -> PackedModule:
     """The packed module for ``dense`` (already projected) according to ``spec``."""
     classes = PACKERS.get(spec.kind)
-    if classes is None or type(dense) not in classes:
+    layer_type = plain_layer_type(dense)
+    if classes is None or layer_type not in classes:
         raise ValueError(f"no packed form {spec.kind!r} for {type(dense).__name__}")
-    return classes[type(dense)].pack(dense, spec)
+    return classes[layer_type].pack(dense, spec)

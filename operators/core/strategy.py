@@ -107,6 +107,6 @@ def infer_example(model: nn.Module) -> torch.Tensor | None:
             try:
                 model(x)
                 return x
-            except RuntimeError:
+            except (RuntimeError, ValueError):  # HF models raise ValueError on a wrong size
                 continue
     return None

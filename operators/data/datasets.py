@@ -57,6 +57,8 @@ DIGITS_TRAIN_FRACTION = 0.8
 # the test files as the test split and cut this fraction of the training set (seeded) as the
 # validation split the search selects on: 5,000 of MNIST's 60,000, as Condensa does.
 VALIDATION_FRACTION = 1 / 12
+# An ``.npz`` may add a test split (reported on, never selected on) to its four arrays.
+NPZ_TEST_ARRAYS = ("x_test", "y_test")
 VALIDATION_SEED = 0
 _CACHE_SIZE = 8
 
@@ -410,7 +412,10 @@ def _npz_members(
     missing = [name for name in IDX_FILES if f"{name}.npy" not in names]
     if missing:
         raise DatasetError(f"{ref}: missing array(s) {', '.join(missing)}")
-    members = {name: _read_member(archive, name, ref) for name in IDX_FILES}
+    test = [name for name in NPZ_TEST_ARRAYS if f"{name}.npy" in names]
+    if test and len(test) != len(NPZ_TEST_ARRAYS):
+        raise DatasetError(f"{ref}: x_test and y_test come together; only {test[0]} is there")
+    members = {name: _read_member(archive, name, ref) for name in (*IDX_FILES, *test)}
     total = sum(m.count for m in members.values())
     if max_elements is not None and total > max_elements:
         raise DatasetError(
@@ -466,7 +471,8 @@ def _load_npz(path: Path, ref: str, max_elements: int | None = None) -> Dataset:
             with zipfile.ZipFile(_checked_zip(path, ref)) as archive:
                 _npz_members(archive, max_elements, ref)  # before anything is inflated
             with np.load(path, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in IDX_FILES}
+                names = [n for n in (*IDX_FILES, *NPZ_TEST_ARRAYS) if n in archive.files]
+                arrays = {name: archive[name] for name in names}
         except DatasetError:
             raise
         except _NPZ_ERRORS as exc:
@@ -485,8 +491,8 @@ def _load_npz(path: Path, ref: str, max_elements: int | None = None) -> Dataset:
 
 
 def _check_split_shapes(shapes: dict[str, tuple[int, ...]], ref: str) -> None:
-    """x_<split> (N, ...) and y_<split> (N,) with N > 0; train and val samples alike."""
-    for split in ("train", "val"):
+    """x_<split> (N, ...) and y_<split> (N,) with N > 0; train, val (and test) samples alike."""
+    for split in ("train", "val", "test")[: 3 if "x_test" in shapes else 2]:
         x, y = shapes[f"x_{split}"], shapes[f"y_{split}"]
         if len(y) != 1 or len(x) < 2 or x[0] != y[0] or y[0] == 0:
             raise DatasetError(
@@ -495,12 +501,14 @@ def _check_split_shapes(shapes: dict[str, tuple[int, ...]], ref: str) -> None:
             )
     if shapes["x_train"][1:] != shapes["x_val"][1:]:
         raise DatasetError(f"{ref}: train and val samples differ in shape")
+    if "x_test" in shapes and shapes["x_test"][1:] != shapes["x_train"][1:]:
+        raise DatasetError(f"{ref}: train and test samples differ in shape")
 
 
 def _make_dataset(tensors: dict[str, torch.Tensor], ref: str) -> Dataset:
     """Check split shapes and labels; ``num_classes`` = largest label + 1."""
     _check_split_shapes({name: tuple(t.shape) for name, t in tensors.items()}, ref)
-    labels = torch.cat([tensors["y_train"], tensors["y_val"]])
+    labels = torch.cat([t for n, t in tensors.items() if n.startswith("y_")])
     if int(labels.min()) < 0:
         raise DatasetError(f"{ref}: labels must be non-negative")
     return Dataset(**tensors, num_classes=int(labels.max()) + 1)

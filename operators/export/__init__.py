@@ -7,8 +7,12 @@
   checkpoint file to either);
 - :mod:`operators.export.program`: :func:`read_program`, a ``.pt2`` archive checked entry by
   entry and loaded from its JSON graph and raw weights, never unpickling anything;
-- :mod:`operators.export.source`: the ``export:<path>`` model source built on it (registered
-  with :func:`operators.models.sources.register_source` on import).
+- :mod:`operators.export.rewrite`: :func:`to_layers`, the FX rewrite that turns an exported
+  program's ``aten.linear`` / ``aten.conv2d`` calls into ``nn.Linear`` / ``nn.Conv2d`` layers
+  (same state-dict keys) so the compression ops find them;
+- :mod:`operators.export.source`: the ``export:<path>`` model source built on both (registered
+  with :func:`operators.models.sources.register_source` on import; its packed checkpoints
+  record the program's graph, so they rebuild without the archive).
 
 ONNX needs the ``models`` extra (``pip install autocompress[models]``); without it
 :class:`MissingExtra` says so. ``import operators`` imports this package (so the ``export``
@@ -26,6 +30,7 @@ from operators.export.formats import (
     require_onnx,
 )
 from operators.export.program import load_program, program_input, read_program
+from operators.export.rewrite import to_layers
 from operators.export.source import allow_root
 
 __all__ = [
@@ -43,4 +48,5 @@ __all__ = [
     "program_input",
     "read_program",
     "require_onnx",
+    "to_layers",
 ]

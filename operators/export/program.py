@@ -14,7 +14,10 @@ A ``.pt2`` of this torch version is a zip whose entries all sit under one root f
 only (AOTInductor / ExecuTorch / MTIA payloads and any ``.so`` are native code and refused),
 every entry's declared size under ``max_entry_bytes`` and the total under ``max_total_bytes``,
 and each entry read back whole (a truncated or corrupt entry is a ValueError naming it). The
-sample-input pickle and ``extra/`` are never read. Weights and constants are read as raw
+sample inputs are never unpickled: their entry must be a ``torch.save`` zip whose ``data.pkl``,
+scanned opcode by opcode with :mod:`pickletools` (nothing executed), names only the globals
+that rebuild tensors (:func:`check_sample_inputs`); any other global, such as a pickle that
+would run code, refuses the archive naming the entry. ``extra/`` is never read. Weights and constants are read as raw
 bytes into tensors of their recorded dtype and layout (a pickled entry: a tensor subclass,
 a custom or opaque object, is refused). The graph JSON is checked before it is deserialized:
 every node target must be an ATen, ``quantized_decomposed`` or ``operator`` function (not an
@@ -44,7 +47,10 @@ MAX_JSON_BYTES = 64 << 20
 MAX_ENTRIES = 100_000
 FIXED_ENTRIES = ("archive_format", "archive_version", "byteorder", ".data/version",
                  ".data/serialization_id")  # fmt: skip
-IGNORED_PREFIXES = ("data/sample_inputs/", "extra/")  # never read: a pickle, free-form files
+SAMPLE_INPUTS = "data/sample_inputs/"  # a pickle: scanned, never unpickled
+IGNORED_PREFIXES = (SAMPLE_INPUTS, "extra/")  # never unpickled / never read
+SAMPLE_GLOBALS = frozenset({"torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                            "collections.OrderedDict", "torch.Size", "torch.device"})  # fmt: skip
 REFUSED_PREFIXES = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
 TARGET_PREFIXES = ("torch.ops.aten.", "torch.ops.quantized_decomposed.", "_operator.", "math.",
                    "torch.sym_")  # fmt: skip
@@ -123,6 +129,44 @@ def _json(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
         return json.loads(_read(archive, info, MAX_JSON_BYTES).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _refuse(info.filename, f"not JSON ({exc})") from None
+
+
+def _allowed_globals() -> frozenset[str]:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:  # a private helper: without it the fixed set, plus storage types
+        return SAMPLE_GLOBALS
+    return SAMPLE_GLOBALS | frozenset(_get_allowed_globals())
+
+
+def check_sample_inputs(data: bytes, entry: str) -> None:
+    """ValueError naming ``entry`` unless ``data`` is a ``torch.save`` zip whose pickle names
+    only tensor-rebuilding globals (the ``weights_only`` allowlist). Nothing is unpickled."""
+    import io
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            pickles = [i for i in inner.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) != 1 or pickles[0].file_size > MAX_JSON_BYTES:
+                raise _refuse(entry, "not a torch.save archive with one data.pkl")
+            text = _read(inner, pickles[0], MAX_JSON_BYTES)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise _refuse(entry, f"not a torch.save archive ({exc}); a bare pickle is never loaded") from None
+    allowed = _allowed_globals()
+    try:
+        for opcode, arg, _pos in pickletools.genops(text):
+            if opcode.name in ("STACK_GLOBAL", "INST", "OBJ"):
+                raise _refuse(entry, f"pickle opcode {opcode.name} is not allowed (nothing was unpickled)")
+            if opcode.name == "GLOBAL":
+                name = ".".join(str(arg).split(" ", 1))
+                if name not in allowed and not re.fullmatch(r"torch\.\w*Storage", name):
+                    raise _refuse(entry, f"the pickle names {name!r}, which does not rebuild a "
+                                  "tensor; refused (nothing was unpickled)")  # fmt: skip
+    except ValueError as exc:
+        if str(exc).startswith(entry):
+            raise
+        raise _refuse(entry, f"not a readable pickle ({exc})") from None
 
 
 def _tensors(
@@ -211,19 +255,14 @@ def _check_expression(text: str, entry: str) -> None:
         pos = match.end()
 
 
-def load_program(
+def read_archive(
     path: Path,
     *,
     max_entry_bytes: int = MAX_ENTRY_BYTES,
     max_total_bytes: int = MAX_TOTAL_BYTES,
-) -> torch.export.ExportedProgram:
-    """The ``ExportedProgram`` of a ``.pt2`` archive, read as the module docstring says.
-
-    Nothing is unpickled; anything the checks refuse is a ValueError that names the archive
-    entry (or the file, when it is not a complete zip)."""
-    from torch._export.serde import schema
-    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
-
+) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """``(program JSON, weights, constants, entry name of the JSON)`` of a ``.pt2`` archive,
+    every entry checked as the module docstring says (the graph too: :func:`check_program`)."""
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -241,16 +280,55 @@ def load_program(
         model_name = models[0][len("models/") : -len(".json")]
         entry = f"{root}/{models[0]}"
         program_json = _json(archive, entries[models[0]])
-        _check_graph(program_json, entry)
+        check_program(program_json, entry)
+        for name in sorted(n for n in entries if n.startswith(SAMPLE_INPUTS) and not n.endswith("/")):
+            check_sample_inputs(_read(archive, entries[name], MAX_JSON_BYTES), f"{root}/{name}")
         weights = _tensors(archive, entries, root, "data/weights/",
                            f"{model_name}_weights_config.json", max_entry_bytes)  # fmt: skip
         constants = _tensors(archive, entries, root, "data/constants/",
                              f"{model_name}_constants_config.json", max_entry_bytes)  # fmt: skip
+    return program_json, weights, constants, entry
+
+
+def check_program(program_json: Any, entry: str) -> None:
+    """ValueError naming ``entry`` unless ``program_json`` is an object whose node targets and
+    shape expressions pass the checks of the module docstring."""
+    if not isinstance(program_json, dict):
+        raise _refuse(entry, "the exported program must be a JSON object")
+    _check_graph(program_json, entry)
+
+
+def program_from_json(
+    program_json: dict,
+    weights: dict[str, torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    entry: str,
+) -> torch.export.ExportedProgram:
+    """The ``ExportedProgram`` of a checked program JSON and its tensors (no example inputs)."""
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
+
     try:
         serialized = _dict_to_dataclass(schema.ExportedProgram, program_json)
         return ExportedProgramDeserializer().deserialize(serialized, weights, constants, None)
     except Exception as exc:  # the deserializer raises many types for a malformed program
         raise _refuse(entry, f"cannot deserialize the exported program ({type(exc).__name__}: {exc})") from None
+
+
+def load_program(
+    path: Path,
+    *,
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> torch.export.ExportedProgram:
+    """The ``ExportedProgram`` of a ``.pt2`` archive, read as the module docstring says.
+
+    Nothing is unpickled; anything the checks refuse is a ValueError that names the archive
+    entry (or the file, when it is not a complete zip)."""
+    program_json, weights, constants, entry = read_archive(
+        path, max_entry_bytes=max_entry_bytes, max_total_bytes=max_total_bytes
+    )
+    return program_from_json(program_json, weights, constants, entry)
 
 
 def read_program(
@@ -265,14 +343,28 @@ def read_program(
     return program.module(), {**program.state_dict, **program.constants}
 
 
-def program_input(program: torch.export.ExportedProgram) -> tuple[list[int] | None, str]:
-    """``(per-sample shape, dtype name)`` of the program's first tensor input (the batch
-    dimension dropped; None where a per-sample dimension is symbolic)."""
+def _first_input(program: torch.export.ExportedProgram) -> torch.Tensor | None:
+    """The example value (a fake tensor) of the program's first tensor user input, or None."""
     names = set(program.graph_signature.user_inputs)
     for node in program.graph.nodes:
         value = node.meta.get("val") if node.op == "placeholder" and node.name in names else None
         if isinstance(value, torch.Tensor) and value.dim() >= 1:
-            dims = list(value.shape[1:])
-            shape = [int(d) for d in dims] if all(isinstance(d, int) for d in dims) else None
-            return shape, str(value.dtype).removeprefix("torch.")
-    return None, "float32"
+            return value
+    return None
+
+
+def program_input(program: torch.export.ExportedProgram) -> tuple[list[int] | None, str]:
+    """``(per-sample shape, dtype name)`` of the program's first tensor input (the batch
+    dimension dropped; None where a per-sample dimension is symbolic)."""
+    value = _first_input(program)
+    if value is None:
+        return None, "float32"
+    dims = list(value.shape[1:])
+    shape = [int(d) for d in dims] if all(isinstance(d, int) for d in dims) else None
+    return shape, str(value.dtype).removeprefix("torch.")
+
+
+def has_dynamic_batch(program: torch.export.ExportedProgram) -> bool:
+    """Whether the first input's batch dimension is symbolic (the program runs any batch)."""
+    value = _first_input(program)
+    return value is not None and not isinstance(value.shape[0], int)

@@ -1,6 +1,12 @@
-"""The packed checkpoint: one safetensors file a user downloads and loads without pickle.
+"""The packed checkpoint: one file a user downloads and loads without pickle.
 
-The file's string metadata holds, under the key ``"autocompress"``, a compact JSON manifest::
+Writers use format v3 by default, the compact container of :mod:`operators.format.container`
+(magic ``ACPK``, a Brotli-coded binary index, entropy-coded integer streams); v2, a plain
+safetensors file, stays selectable (``format_version=2``). Readers tell them apart by the magic
+and load v1, v2 and v3. Both hold the same manifest and streams; :func:`read_manifest` returns
+it in the v2 form below (``"version"`` 3 for a container).
+
+A v2 file's string metadata holds, under the key ``"autocompress"``, a compact JSON manifest::
 
     {"format": "autocompress-packed", "version": 2,
      "architecture": "lenet-300-100", "config": {...}, "input_shape": [1, 28, 28],
@@ -59,16 +65,26 @@ from safetensors.torch import save_file
 from torch import nn
 
 from operators.core.model import CompressedModel
-from operators.core.registry import MODULE_KINDS, PackedModule, build_module, describe
+from operators.core.registry import (
+    MODULE_KINDS,
+    RESIZED,
+    PackedModule,
+    build_module,
+    describe,
+    describe_resized,
+    resize_module,
+)
+from operators.format import container
 from operators.format.codecs import block_view, decode_gaps, encode_gaps, nonzero_bits
-from operators.models.sources import SourceError, build, model_info
+from operators.models.sources import SourceError, build, model_info, portable_config
 from operators.models.weights import mismatch_report, rename
 from operators.runtime import pack_model, select_runtime
 
 MANIFEST_KEY = "autocompress"
 FORMAT = "autocompress-packed"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = container.VERSION  # written by default; 2 stays selectable (``format_version``)
+READABLE_VERSIONS = (1, 2, 3)
+WRITABLE_VERSIONS = (2, 3)
 ENCODINGS = ("dense", "bitmask", "index", "block")
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
@@ -157,7 +173,10 @@ def build_packed(architecture: str, config: dict, modules: dict[str, dict]) -> n
             model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"module {name!r} is not in {architecture}") from None
-        model.set_submodule(name, build_module(record["kind"], record["args"]))
+        if record["kind"] == RESIZED:
+            resize_module(model.get_submodule(name), record["args"])
+        else:
+            model.set_submodule(name, build_module(record["kind"], record["args"]))
     return model
 
 
@@ -169,6 +188,9 @@ def module_changes(model: nn.Module, architecture: str, config: dict) -> dict[st
     for name, module in model.named_modules():
         record = describe(module)
         if record is None:
+            resized = describe_resized(module, base[name]) if name in base else None
+            if resized is not None:
+                changes[name] = resized
             continue
         if name not in base:  # inside a replaced module (a lowrank factor): record packed ones
             if isinstance(module, PackedModule):
@@ -218,7 +240,11 @@ def _write(
     config: dict,
     metadata: dict | None,
     allow_sparse: bool,
+    format_version: int = VERSION,
 ) -> int:
+    if format_version not in WRITABLE_VERSIONS:
+        raise ValueError(f"format_version: must be one of {WRITABLE_VERSIONS}, got {format_version!r}")
+    config = portable_config(architecture, config)  # self-contained: rebuilt with nothing else
     model = pack_model(cm)
     modules = module_changes(model, architecture, config)
     state = model.state_dict()
@@ -244,7 +270,7 @@ def _write(
         tensors.update(stored)
     manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": format_version,
         "architecture": architecture,
         "config": config,
         "input_shape": cm.input_shape,
@@ -260,7 +286,10 @@ def _write(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={MANIFEST_KEY: text})
+        if format_version == 2:
+            save_file(tensors, tmp, metadata={MANIFEST_KEY: text})
+        else:
+            container.write_container(Path(tmp), manifest, tensors)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -275,13 +304,14 @@ def save_checkpoint(
     architecture: str,
     config: dict,
     metadata: dict | None = None,
+    format_version: int = VERSION,
 ) -> int:
     """Write ``cm`` packed (sparse where smaller, storage dtypes) to ``path``; return its size.
 
     The weights written are ``cm``'s projection (what :meth:`CompressedModel.enforce` gives);
     ``cm`` itself is not modified.
     """
-    return _write(cm, path, architecture, config, metadata, allow_sparse=True)
+    return _write(cm, path, architecture, config, metadata, True, format_version)
 
 
 def save_dense_checkpoint(
@@ -291,9 +321,10 @@ def save_dense_checkpoint(
     architecture: str,
     config: dict,
     metadata: dict | None = None,
+    format_version: int = VERSION,
 ) -> int:
     """Write ``model`` as plain dense tensors in the same format (the baseline); return its size."""
-    return _write(CompressedModel(model), path, architecture, config, metadata, allow_sparse=False)
+    return _write(CompressedModel(model), path, architecture, config, metadata, False, format_version)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -308,7 +339,7 @@ def _check_manifest(manifest: Any, path: Path) -> dict:
         raise _invalid(path, f"manifest 'format' must be {FORMAT!r}")
     if manifest.get("version") not in READABLE_VERSIONS:
         raise _invalid(
-            path, f"unsupported version {manifest.get('version')!r}; this reads {VERSION}"
+            path, f"unsupported version {manifest.get('version')!r}; this reads {READABLE_VERSIONS}"
         )
     if not isinstance(manifest.get("architecture"), str):
         raise _invalid(path, "manifest 'architecture' must be a string")
@@ -318,7 +349,7 @@ def _check_manifest(manifest: Any, path: Path) -> dict:
         raise _invalid(path, "manifest 'metadata' must be an object")
     modules = manifest.setdefault("modules", {})
     if not isinstance(modules, dict) or not all(
-        isinstance(r, dict) and r.get("kind") in MODULE_KINDS and isinstance(r.get("args"), dict)
+        isinstance(r, dict) and r.get("kind") in (*MODULE_KINDS, RESIZED) and isinstance(r.get("args"), dict)
         for r in modules.values()
     ):
         raise _invalid(path, "manifest 'modules' must map names to a known kind and its args")
@@ -353,9 +384,24 @@ def _open(path: Path):
         raise _invalid(path, f"cannot read as safetensors ({exc})") from None
 
 
+def _open_checkpoint(path: Path) -> Any:
+    """A v3 :class:`~operators.format.container.Container` or a v1/v2 safetensors handle."""
+    if not container.is_container(path):
+        return _open(path)
+    try:
+        return container.Container(path)
+    except ValueError as exc:
+        raise _invalid(path, str(exc)) from None
+
+
 def read_manifest(path: Path) -> dict:
-    """The validated JSON manifest of a packed checkpoint (ValueError if missing or invalid)."""
+    """The validated manifest of a packed checkpoint (ValueError if missing or invalid): the
+    JSON of a v1/v2 file, or the same fields read from a v3 container's index."""
     path = Path(path)
+    if container.is_container(path):
+        manifest = {"format": FORMAT, "version": container.VERSION}
+        manifest.update(_open_checkpoint(path).manifest)
+        return _check_manifest(manifest, path)
     with _open(path) as f:
         text = (f.metadata() or {}).get(MANIFEST_KEY)
     if text is None:
@@ -364,7 +410,13 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _invalid(path, f"manifest is not JSON ({exc})") from None
-    return _check_manifest(manifest, path)
+    manifest = _check_manifest(manifest, path)
+    declared, limit = container.declared_bytes(manifest["tensors"]), container.declared_limit(
+        path.stat().st_size
+    )
+    if declared > limit:
+        raise _invalid(path, f"it declares {declared} bytes of tensors, more than {limit}")
+    return manifest
 
 
 def _decode(name: str, entry: dict, f: Any, path: Path) -> torch.Tensor:
@@ -376,7 +428,10 @@ def _decode(name: str, entry: dict, f: Any, path: Path) -> torch.Tensor:
     def get(key: str, expected_dtype: torch.dtype) -> torch.Tensor:
         if key not in keys:
             raise _invalid(path, f"tensor {key!r} is missing")
-        t = f.get_tensor(key)
+        try:
+            t = f.get_tensor(key)
+        except ValueError as exc:  # a v3 stream that does not decode
+            raise _invalid(path, str(exc)) from None
         if t.dtype != expected_dtype:
             raise _invalid(path, f"tensor {key!r} is {t.dtype}, expected {expected_dtype}")
         return t
@@ -457,7 +512,7 @@ def load_checkpoint(
     if mismatch:
         raise _invalid(path, f"tensors do not match the architecture: {', '.join(mismatch)}")
     model = build_packed(architecture, config, modules)
-    with _open(path) as f, torch.no_grad():
+    with _open_checkpoint(path) as f, torch.no_grad():
         for name, target in model.state_dict().items():
             target.copy_(_decode(name, entries[name], f, path).to(target.dtype))
     model = model.to(device).eval()
@@ -484,7 +539,7 @@ def load_weights(
     are cast to the model's dtype. The model is returned in eval mode.
     """
     path = Path(path)
-    info = model_info(architecture, config, max_params=max_params)
+    info = model_info(architecture, config, max_params=max_params, need_input=False)
     with _open(path) as f:
         names = rename(list(f.keys()), key_map)
         shapes = {new: tuple(f.get_slice(old).get_shape()) for new, old in names.items()}

@@ -10,6 +10,8 @@
 - Position streams (:func:`encode_positions`): the smallest of ``all`` (nothing stored), a
   bitmask (one bit per entry) and gap streams of 1..8 bits.
 - :func:`block_view`: a weight viewed 2-D ``(out, rest)`` and zero-padded to whole blocks.
+- :func:`varint` / :class:`ByteReader`: unsigned LEB128 numbers and bounds-checked reads, for
+  the v3 container and the rANS coder.
 """
 
 from __future__ import annotations
@@ -152,3 +154,42 @@ def block_view(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     pad_r, pad_c = -w2.shape[0] % rows, -w2.shape[1] % cols
     w2 = F.pad(w2, (0, pad_c, 0, pad_r))
     return w2.view(w2.shape[0] // rows, rows, w2.shape[1] // cols, cols).permute(0, 2, 1, 3)
+
+
+# -- varints and bounded reads ----------------------------------------------------------------
+
+
+def varint(n: int) -> bytes:
+    """The unsigned LEB128 bytes of ``n`` >= 0 (7 bits a byte, low first, high bit: more)."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class ByteReader:
+    """Bounds-checked reads from ``data``: every overrun is a ValueError naming ``what``."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise ValueError(f"{self.what} is truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self) -> int:
+        n = 0
+        for shift in range(0, 70, 7):
+            byte = self.u8()
+            n |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return n
+        raise ValueError(f"{self.what} has a malformed number")

@@ -17,6 +17,11 @@ An architecture is ``source:name``; a bare name is a zoo name (``mlp`` is ``zoo:
   torchvision imports; where it does not, a :class:`MissingLibrary` naming it.
 - ``export:...``: registered by the export package with :func:`register_source` (the hook).
 
+A source whose ``build`` needs something outside ``(name, config)`` (the ``export`` source reads
+an archive on the server) registers a ``record`` function: :func:`portable_config` gives the
+config a packed checkpoint stores, self-contained, so ``build(architecture, that config)``
+rebuilds the model anywhere (for ``export``: the program's graph JSON, no path).
+
 timm and transformers are imported inside the source functions: ``import operators`` works
 without them, and a missing one is a :class:`MissingLibrary` error naming
 ``pip install autocompress[models]``.
@@ -76,7 +81,10 @@ class Source:
     ``check(name, config)`` raises :class:`SourceError` without building anything heavy;
     ``build(name, config)`` returns a freshly initialised model (respecting the current default
     device, so it can run under ``torch.device("meta")``); ``default_input(name, config)`` gives
-    ``(input_shape or None, input_dtype)`` per sample.
+    ``(input_shape or None, input_dtype)`` per sample; ``record(name, config)``, where given,
+    the self-contained config that a checkpoint stores (see :func:`portable_config`);
+    ``refused_ops``: op name -> why that op cannot run on this source's models (a job naming
+    it is refused at submission, see :func:`refused_ops`).
     """
 
     kind: str
@@ -84,6 +92,8 @@ class Source:
     check: Callable[[str, dict], None]
     default_input: InputRule
     description: str = ""
+    record: Callable[[str, dict], dict] | None = None
+    refused_ops: dict[str, str] = field(default_factory=dict)
 
 
 def _no_check(name: str, config: dict) -> None:
@@ -104,12 +114,15 @@ def register_source(
     check: Callable[[str, dict], None] | None = None,
     default_input: InputRule | None = None,
     description: str = "",
+    record: Callable[[str, dict], dict] | None = None,
+    refused_ops: dict[str, str] | None = None,
 ) -> Source:
     """Register (or replace) the source ``kind``: ``<kind>:<name>`` then builds with ``build``.
 
     This is the hook for sources outside this module (the ``export`` source of torch.export
     archives registers itself here)."""
-    source = Source(kind, build, check or _no_check, default_input or _no_input, description)
+    source = Source(kind, build, check or _no_check, default_input or _no_input, description, record,
+                    dict(refused_ops or {}))  # fmt: skip
     SOURCES[kind] = source
     return source
 
@@ -145,6 +158,19 @@ def check(architecture: str, config: dict) -> tuple[Source, str]:
     source, name = split_architecture(architecture)
     source.check(name, _check_config(config))
     return source, name
+
+
+def portable_config(architecture: str, config: dict) -> dict:
+    """The config to record with a model built from ``architecture`` / ``config`` so that
+    :func:`build` rebuilds it with nothing else: ``config`` itself, or what the source's
+    ``record`` hook gives (a SourceError where the source cannot record it)."""
+    source, name = check(architecture, config)
+    return config if source.record is None else source.record(name, config)
+
+
+def refused_ops(architecture: str) -> dict[str, str]:
+    """Op name -> the reason the source of ``architecture`` cannot take that op ({} for most)."""
+    return dict(split_architecture(architecture)[0].refused_ops)
 
 
 def build(architecture: str, config: dict) -> nn.Module:
@@ -192,9 +218,12 @@ def model_info(
     input_shape: list[int] | None = None,
     input_dtype: str | None = None,
     max_params: int | None = None,
+    need_input: bool = True,
 ) -> ModelInfo:
     """Build on the meta device (no memory, no initialisation), count the parameters, refuse a
-    model above ``max_params``, and settle the per-sample input (given, else the source's)."""
+    model above ``max_params``, and settle the per-sample input (given, else the source's; a
+    Hugging Face model that implies none is refused unless ``need_input`` is False, for
+    callers that only size the model or check weights)."""
     check_input(input_shape, input_dtype)
     source, name = check(architecture, config)
     with torch.device("meta"):
@@ -208,7 +237,7 @@ def model_info(
     shape, dtype = source.default_input(name, config)
     shape = input_shape if input_shape is not None else shape
     dtype = input_dtype or dtype
-    if source.kind == "hf" and shape is None:
+    if need_input and source.kind == "hf" and shape is None:
         raise SourceError(
             "input_shape", f"{architecture} ({config.get('model_type')}) implies no input shape: "
             "give input_shape per sample, e.g. [128] for token ids (with input_dtype int64)",

@@ -13,6 +13,11 @@ Architectures (config keys and defaults in brackets):
 - ``lenet-5`` (in_channels=1, num_classes=10, image_size=28): the LeCun et al. 1998 layout,
   conv1 6@5x5 (padding 2) - ReLU - maxpool 2 - conv2 16@5x5 - ReLU - maxpool 2 -
   fc1 120 - ReLU - fc2 84 - ReLU - fc3. ``image_size`` must be at least 12.
+- ``lenet-5-caffe`` (in_channels=1, num_classes=10, image_size=28): Caffe's LeNet-5, the one
+  the compression papers report (Deep Compression, Condensa, ...): conv1 20@5x5 - maxpool 2 -
+  conv2 50@5x5 - maxpool 2 - fc1 500 - ReLU - fc2 (431,080 parameters at 28x28x1, no
+  activation after the convolutions, as in Caffe's ``lenet_train_test.prototxt``).
+  ``image_size`` must be at least 16.
 - ``mlp`` (in_features=784, hidden=[256], num_classes=10): flatten, then Linear layers
   ``fc1 .. fcN`` with ReLU between them.
 - ``vgg-cifar`` (in_channels=3, num_classes=10, width=1.0): VGG-11 for 32x32 images, eight
@@ -86,6 +91,27 @@ def lenet_5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -
         ]
     )
     layers.update(_linear_stack([16 * side * side, 120, 84, num_classes]))
+    return nn.Sequential(layers)
+
+
+def lenet_5_caffe(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Module:
+    """Caffe's LeNet-5 (20 and 50 filters of 5x5, unpadded, then 500-classes) for square images."""
+    _positive_int("in_channels", in_channels)
+    _positive_int("num_classes", num_classes)
+    _positive_int("image_size", image_size)
+    side = ((image_size - 4) // 2 - 4) // 2  # conv1 (-4), pool, conv2 (-4), pool
+    if side < 1:
+        raise ValueError(f"image_size: must be at least 16 for lenet-5-caffe, got {image_size}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict(
+        [
+            ("conv1", nn.Conv2d(in_channels, 20, kernel_size=5)),
+            ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(20, 50, kernel_size=5)),
+            ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()),
+        ]
+    )
+    layers.update(_linear_stack([50 * side * side, 500, num_classes]))
     return nn.Sequential(layers)
 
 
@@ -179,6 +205,7 @@ def resnet_cifar(
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "lenet-300-100": lenet_300_100,
     "lenet-5": lenet_5,
+    "lenet-5-caffe": lenet_5_caffe,
     "mlp": mlp,
     "vgg-cifar": vgg_cifar,
     "resnet-cifar": resnet_cifar,

@@ -10,6 +10,7 @@ from operators.ops import prune as prune  # prune, block_prune, nm_prune
 from operators.ops import quantize as quantize  # quantize
 from operators.ops import mpd as mpd  # mpd
 from operators.ops import channels as channels  # neuron_prune, filter_prune
+from operators.ops import heads as heads  # head_prune
 from operators.ops import cluster as cluster  # cluster
 from operators.ops import unify as unify  # unify
 from operators.ops import lowrank as lowrank  # lowrank

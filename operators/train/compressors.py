@@ -19,6 +19,7 @@ reports which filters it has zeroed; removing them physically is done elsewhere.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,15 +97,27 @@ class PenaltySGD:
 
     The learning rate decays geometrically from ``lr`` to ``lr_end`` over the ``steps``
     (Condensa's L-step: 0.01 -> 1e-4, momentum 0.95); ``lr_end=None`` keeps it constant.
-    Each step is an SGD (momentum) step on the task loss followed by the exact proximal step
-    of the quadratic penalty, ``p <- (p + lr*c*target) / (1 + lr*c)``: the same fixed points
-    as plain SGD on the sum, but stable for any penalty ``c`` (mu grows to 1e4).
+    ``penalty="proximal"``: each step is an SGD (momentum) step on the task loss followed by
+    the exact proximal step of the quadratic penalty, ``p <- (p + lr*c*target) / (1 + lr*c)``:
+    stable for any penalty ``c`` (rho and mu grow to 1e4), but the momentum amplifies the
+    loss's gradient and not the penalty's, so its fixed points are those of the penalty
+    ``c * (1 - momentum)`` (a twentieth of ``c`` at momentum 0.95). ``penalty="gradient"``
+    (Condensa's L-step): the penalty's gradient ``c * (p - target)`` joins the task gradient
+    inside the (``nesterov``) momentum, so the fixed points are exactly those of the loss
+    plus the penalty; where ``lr * c >= 1`` that is unstable and the step falls back to the
+    proximal form.
     """
 
     steps: int = 100
     lr: float = 0.01
     lr_end: float | None = None
     momentum: float = 0.9
+    penalty: str = "proximal"
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if self.penalty not in ("proximal", "gradient"):
+            raise ValueError(f"penalty: must be proximal or gradient, got {self.penalty!r}")
 
     def run(
         self,
@@ -116,8 +129,9 @@ class PenaltySGD:
     ) -> None:
         """Minimise ``batch_loss + coefficient/2 * sum ||p - target||^2``, in place."""
         opt = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=self.lr, momentum=self.momentum
-        )
+            [p for p in model.parameters() if p.requires_grad], lr=self.lr,
+            momentum=self.momentum, nesterov=self.nesterov and self.momentum > 0,
+        )  # fmt: skip
         decay = 1.0
         if self.lr_end is not None and self.steps > 1:
             decay = (self.lr_end / self.lr) ** (1 / (self.steps - 1))
@@ -128,6 +142,14 @@ class PenaltySGD:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 batch_loss(model).backward()
+                if self.penalty == "gradient" and lr * coefficient < 1:
+                    with torch.no_grad():
+                        for n, target in targets.items():
+                            grad = params[n].grad
+                            pull = (params[n] - target).mul_(coefficient)
+                            params[n].grad = pull if grad is None else grad.add_(pull)
+                    opt.step()
+                    continue
                 opt.step()
                 with torch.no_grad():
                     for n, target in targets.items():
@@ -152,7 +174,9 @@ class LearningCompression:
     ``L(w) + mu/2 ||w - theta - lambda/mu||^2``; C-step: ``theta = project(w - lambda/mu)``;
     multipliers ``lambda -= mu (w - theta)``. Each ``theta`` (with the unconstrained
     parameters as they are) is scored by ``evaluate``; :meth:`run` leaves the model at the
-    best one, which satisfies the constraint exactly.
+    best one, which satisfies the constraint exactly. ``first_l_steps`` (Condensa's
+    ``mb_iterations_first_l``) sets the length of the first L-step (iteration 1), which
+    recovers from the direct compression; None: ``l_step.steps`` like the others.
     """
 
     project: Projection
@@ -164,6 +188,7 @@ class LearningCompression:
     l_step: PenaltySGD = field(
         default_factory=lambda: PenaltySGD(lr=0.01, lr_end=1e-4, momentum=0.95)
     )
+    first_l_steps: int | None = None
 
     def mu(self, j: int) -> float:
         """The penalty parameter of iteration ``j``."""
@@ -186,7 +211,10 @@ class LearningCompression:
             mu = self.mu(j)
             if mu:
                 targets = {n: theta[n] + multipliers[n] / mu for n in params}
-                self.l_step.run(model, batch_loss, params, targets, mu)
+                l_step = self.l_step
+                if j == 1 and self.first_l_steps is not None:
+                    l_step = dataclasses.replace(l_step, steps=self.first_l_steps)
+                l_step.run(model, batch_loss, params, targets, mu)
                 w = _snapshot(params)
                 theta = _checked_projection(
                     self.project, {n: w[n] - multipliers[n] / mu for n in params}

@@ -12,6 +12,9 @@ the model has the layers it needs:
 - ``neurons+fp16`` / ``filters+fp16``: ``neuron_prune`` / ``filter_prune`` (``ratio`` 0.1..0.7,
   l1) with float16, where the model has hidden Linear layers / more than one conv layer
   (channel removal makes the model faster, not just smaller);
+- ``heads+neurons+fp16``: ``head_prune`` (``ratio`` 0.1..0.6) then ``neuron_prune`` (0.1..0.6)
+  with float16, where the model has attention modules whose heads ``head_prune`` removes (a
+  transformer: fewer heads and a narrower FFN make it faster);
 - ``lowrank+fp16``: ``lowrank`` (``energy`` 0.5..0.99) with float16, for Linear or Conv2d layers;
 - ``mpd+fp16``: ``mpd`` (``blocks`` 2..16) with float16, for Linear layers of at least 32 units.
 """
@@ -23,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from operators.core.op import WEIGHT_LAYERS, output_layer
+from operators.ops.heads.attention import attention_modules
 
 FP16 = {"op": "quantize", "dtype": "float16"}
 
@@ -57,6 +61,12 @@ def default_search_space(model: nn.Module) -> dict[str, Any]:
         strategies.append(
             _strategy("filters+fp16", {"op": "filter_prune", "ratio": {"min": 0.1, "max": 0.7}})
         )
+    if attention_modules(model)[0]:
+        strategies.append(_strategy(
+            "heads+neurons+fp16",
+            {"op": "head_prune", "ratio": {"min": 0.1, "max": 0.6}},
+            {"op": "neuron_prune", "ratio": {"min": 0.1, "max": 0.6}},
+        ))  # fmt: skip
     if hidden_linear or convs:
         strategies.append(
             _strategy("lowrank+fp16", {"op": "lowrank", "energy": {"min": 0.5, "max": 0.99}})

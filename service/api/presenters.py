@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
 
 from search import METRIC_TABLE, Candidate, Objective, Observation, best_feasible, feasible_front
 from search.metric_table import is_finite
 from service.api.schemas import JobLinks, JobPublic, Progress, TrialPublic
 from service.core.db import TERMINAL_JOB_STATES, Job, Trial, as_utc
+from service.core.repository import constraint_violation
 
 #: The front shown for a single objective: accuracy against size, each the way it is better.
 DEFAULT_FRONT = [(name, METRIC_TABLE[name].better) for name in ("accuracy", "size_bytes")]
@@ -20,25 +20,41 @@ def objective_of(job: Job) -> Objective:
     return Objective.from_spec(job.spec["objective"])
 
 
+def is_final(trial: Trial) -> bool:
+    """A succeeded full-fidelity trial: the only kind the best trial, the closest one and the
+    front are chosen from (a shorter rung of a multi-fidelity search is not a final result)."""
+    return trial.state == "succeeded" and trial_fidelity(trial) >= 1.0
+
+
+def trial_fidelity(trial: Trial) -> float:
+    return 1.0 if trial.fidelity is None else float(trial.fidelity)
+
+
 def _observations(trials: Sequence[Trial]) -> list[Observation]:
-    """The trials as the search library sees them, index for index: only a succeeded trial
-    has metrics (a failed, cancelled or unfinished one is never feasible)."""
+    """The trials as the search library sees them, index for index, with their fidelity: only
+    a succeeded full-fidelity trial has metrics here (a failed, cancelled, unfinished or
+    lower-rung one is never the best or on the front)."""
     return [
         Observation(
             Candidate(t.strategy, dict(t.params or {})),
-            t.metrics if t.state == "succeeded" else None,
+            t.metrics if is_final(t) else None,
+            fidelity=trial_fidelity(t),
         )
         for t in trials
     ]
 
 
 def finetune_epochs(job: Job) -> float:
-    """The fine-tuning epochs of each of the job's trials."""
+    """The fine-tuning epochs of each of the job's trials (a trial that records its own
+    `epochs`, in a multi-fidelity job, counts those)."""
     return float((job.spec.get("finetune") or {}).get("epochs", 1.0))
 
 
 def trial_public(trial: Trial, objective: Objective, epochs: float | None = None) -> TrialPublic:
-    """The trial as the API shows it; `epochs` (the job's fine-tuning epochs) gives `epoch`."""
+    """The trial as the API shows it; `epochs` (the job's fine-tuning epochs, unless the trial
+    records its own) gives `epoch`."""
+    if trial.epochs is not None and epochs is not None:
+        epochs = trial.epochs
     feasible = None
     if trial.state == "succeeded" and trial.metrics:
         feasible = objective.is_feasible(trial.metrics)
@@ -64,6 +80,10 @@ def trial_public(trial: Trial, objective: Objective, epochs: float | None = None
         checkpoint_url=(
             f"/v1/trials/{trial.id}/checkpoint" if trial.checkpoint_artifact_id else None
         ),
+        fidelity=trial_fidelity(trial),
+        rung=trial.rung or 0,
+        parent=trial.parent_trial_id,
+        epochs=trial.epochs,
         created_at=trial.created_at,
         started_at=trial.started_at,
         finished_at=trial.finished_at,
@@ -122,20 +142,6 @@ def eta_seconds(job: Job, trials: Sequence[Trial], now: datetime | None = None) 
     return round(eta, 1)
 
 
-def constraint_violation(metrics: Mapping[str, Any] | None, objective: Objective) -> float:
-    """How far `metrics` are from meeting the constraints: the sum over bounds of the excess
-    relative to the bound (0 when all hold; inf when a constrained metric is missing)."""
-    total = 0.0
-    for c in objective.constraints:
-        value = (metrics or {}).get(c.metric)
-        if not is_finite(value):
-            return math.inf
-        for bound, excess in ((c.min, (c.min or 0) - value), (c.max, value - (c.max or 0))):
-            if bound is not None and excess > 0:
-                total += excess / max(abs(bound), 1e-12)
-    return total
-
-
 def closest_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
     """When no trial is feasible: the succeeded trial with the smallest
     :func:`constraint_violation` (the first on ties); None if one is feasible or none can
@@ -143,9 +149,7 @@ def closest_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None
     if best_trial(trials, objective) is not None:
         return None
     scored = [
-        (constraint_violation(t.metrics, objective), t)
-        for t in trials
-        if t.state == "succeeded" and t.metrics
+        (constraint_violation(t.metrics, objective), t) for t in trials if is_final(t) and t.metrics
     ]
     scored = [(v, t) for v, t in scored if math.isfinite(v)]
     return min(scored, key=lambda vt: vt[0])[1] if scored else None
@@ -190,7 +194,8 @@ def job_links(job_id: int) -> JobLinks:
 
 def job_public(job: Job, trials: Sequence[Trial]) -> JobPublic:
     objective = objective_of(job)
-    done = sum(t.state in ("succeeded", "failed", "cancelled") for t in trials)
+    proposals = [t for t in trials if not t.rung]  # continued rungs are not new trials
+    done = sum(t.state in ("succeeded", "failed", "cancelled") for t in proposals)
     total = job.spec["budget"]["max_trials"]
     best = best_trial(trials, objective)
     closest = closest_trial(trials, objective)
@@ -203,7 +208,7 @@ def job_public(job: Job, trials: Sequence[Trial]) -> JobPublic:
             trials_total=total,
             running=sum(t.state == "running" for t in trials),
             queued=sum(t.state == "queued" for t in trials),
-            fraction=1.0 if job.state in ("succeeded", "failed", "cancelled") else done / total,
+            fraction=1.0 if job.state in TERMINAL_JOB_STATES else min(1.0, done / total),
             eta_seconds=eta_seconds(job, trials),
         ),
         best=trial_public(best, objective, finetune_epochs(job)) if best else None,

@@ -81,20 +81,62 @@ class Finetune(Strict):
     iterations: int | None = Field(
         None, ge=1, le=10000, description="lc / admm: outer iterations (10)."
     )
-    mu_init: float | None = Field(None, gt=0, description="lc: first penalty mu (1e-3).")
-    mu_mult: float | None = Field(None, ge=1, description="lc: mu growth per iteration (1.1).")
+    mu_init: float | None = Field(None, gt=0, description="lc: first penalty mu (1e-2).")
+    mu_mult: float | None = Field(
+        None, ge=1, description="lc: mu growth per iteration (default: reaches mu = 1.6 at the last iteration)."
+    )
     rho_init: float | None = Field(None, gt=0, description="admm: first penalty rho (1e-4).")
     rho_final: float | None = Field(None, gt=0, description="admm: last penalty rho (1e-1).")
     lam: float | None = Field(None, ge=0, description="hspg: group-sparsity weight (1e-3).")
 
 
-class Budget(Strict):
-    """When the search stops: trials, parallel trials, wall time."""
+class Rungs(Strict):
+    """Successive halving of the fine-tuning: short fine-tunes first, the promising continued."""
 
-    max_trials: int = Field(20, ge=1, le=10000, description="Trials in total.")
+    min_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="The lowest rung's fraction of each trial's fine-tuning epochs; rung k runs "
+        "min_fraction * eta^k of them (the last rung, 1.0, is full fidelity).",
+    )
+    eta: int = Field(
+        3,
+        ge=2,
+        le=100,
+        description="Of every eta trials finished at a rung, the best one (feasible first by "
+        "the objective, then the closest to the constraints) is continued at the next rung from "
+        "its own checkpoint, for the epochs that rung adds.",
+    )
+
+
+class Budget(Strict):
+    """When the search stops: trials, parallel trials, wall time, fine-tuning epochs."""
+
+    max_trials: int = Field(
+        20,
+        ge=1,
+        le=10000,
+        description="Trials in total (new proposals; with rungs, continued trials come on top).",
+    )
     max_parallel: int = Field(1, ge=1, le=256, description="Trials evaluated at the same time.")
     max_minutes: float | None = Field(
-        None, gt=0, description="No new trials are proposed after this many minutes."
+        None,
+        gt=0,
+        description="Wall time: nothing new (no proposal, no continued rung) starts after this "
+        "many minutes since the job started.",
+    )
+    max_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Fine-tuning epochs across all trials (each trial's `epochs`, continued "
+        "rungs included): nothing new starts once they are spent.",
+    )
+    rungs: Rungs | None = Field(
+        None,
+        description='Multi-fidelity search, e.g. {"min_fraction": 0.25, "eta": 3}; null (the '
+        "default): every trial fine-tunes fully. Only full-fidelity trials are the best or on "
+        "the front.",
     )
     patience: int | None = Field(
         None, ge=1, description="Stop after this many finished trials without improvement."
@@ -135,7 +177,18 @@ class JobCreate(Strict):
         None,
         description='How to search: {"method": "bo"} (default: constrained or Pareto Bayesian '
         'optimisation) or {"method": "two-phase"} (Condensa: first the largest strength that '
-        "meets the constraints, then the objective within it; one strategy, one range).",
+        "meets the constraints, then the objective within it; one strategy, one range). "
+        "Noise-aware settings (bo, single objective): skip_within_noise (true), noise_sigmas "
+        "(1.0), near_distance (0.05), min_relative_change (0.05), stop_below_noise (true), "
+        "stop_min_trials (10); the accuracy's noise is the binomial standard error of the "
+        "validation split (see docs/job-spec.md, Measurement noise).",
+    )
+    warm_start: bool = Field(
+        False,
+        description="A proposal that extends a finished full-fidelity trial (the same steps with "
+        "each strength at least as strong, more sparsity or fewer bits, or those steps followed "
+        "by more; ops prune, block_prune, cluster, quantize; not with kd) starts from that "
+        "trial's checkpoint and names it as its `parent`.",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Same seed + same inputs = same proposals.")
     latency_batch_size: int = Field(1, ge=1, le=65536, description="Batch size of latency_ms.")
@@ -212,7 +265,26 @@ class TrialPublic(BaseModel):
         examples=["finetune"],
     )
     epoch: float | None = Field(
-        None, description="Fine-tuning epochs done so far (progress times the job's epochs)."
+        None,
+        description="Fine-tuning epochs done so far (progress times the trial's `epochs`).",
+    )
+    epochs: float | None = Field(
+        None,
+        description="The fine-tuning epochs this trial runs (what budget.max_epochs counts); a "
+        "continued rung runs only the epochs its rung adds.",
+    )
+    fidelity: float = Field(
+        1.0,
+        description="The fraction of the strategy's full fine-tuning its weights have had; only "
+        "1.0 is a final result (the best and the front use no other).",
+    )
+    rung: int = Field(
+        0, description="The successive-halving rung: 0 a new proposal, k + 1 continued."
+    )
+    parent: int | None = Field(
+        None,
+        description="The trial id whose checkpoint this one starts from: the rung-lower trial "
+        "it continues (same candidate, `rung` one higher), or a warm start's parent.",
     )
     device: str | None = None
     checkpoint_url: str | None = None
@@ -222,7 +294,10 @@ class TrialPublic(BaseModel):
 
 
 class Progress(BaseModel):
-    trials_done: int = Field(description="Trials finished (succeeded, failed or cancelled).")
+    trials_done: int = Field(
+        description="Trials finished (succeeded, failed or cancelled); continued rungs are not "
+        "counted (they are not new trials)."
+    )
     trials_total: int = Field(description="The trial budget.")
     running: int
     queued: int

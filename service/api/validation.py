@@ -22,7 +22,7 @@ from operators import (
     validate_strategy,
 )
 from operators.models.sources import build as build_source
-from operators.models.sources import split_record_config
+from operators.models.sources import refused_ops, split_record_config
 from search import Candidate, Objective, SearchSettings, SearchSettingsError, SearchSpace
 from search.objective import ObjectiveError
 from search.space import SearchSpaceError
@@ -76,7 +76,20 @@ def default_space_for(record: ModelRecord) -> dict[str, Any]:
     config, _shape, _dtype = split_record_config(record.config)
     with torch.device("meta"):
         model = build_source(record.architecture, config)
-    return default_search_space(model)
+    space = default_search_space(model)
+    refused = refused_ops(record.architecture)
+    space["strategies"] = [s for s in space["strategies"] if not {t["op"] for t in s["steps"]} & set(refused)]
+    return space
+
+
+def check_ops_for_model(raw: dict[str, Any], record: ModelRecord) -> None:
+    """A 422 naming the step whose op the model's source cannot take, and why."""
+    refused = refused_ops(record.architecture)
+    for i, strategy in enumerate(raw.get("strategies", [])):
+        for j, step in enumerate(strategy.get("steps", [])):
+            if step.get("op") in refused:
+                raise Invalid(f"body.search_space.strategies[{i}].steps[{j}].op",
+                              f"{step['op']} cannot run on {record.architecture}: {refused[step['op']]}")  # fmt: skip
 
 
 def validate_job(body: JobCreate, session: Session, settings: Settings, caller: Caller) -> None:
@@ -106,6 +119,7 @@ def validate_job(body: JobCreate, session: Session, settings: Settings, caller: 
     if body.search_space is None:  # the service chooses: the default space for this model
         body.search_space = default_space_for(record)
     space = validate_search_space(body.search_space)
+    check_ops_for_model(body.search_space, record)
     try:
         SearchSettings.from_spec(body.search).check(space, objective)
     except SearchSettingsError as exc:

@@ -145,6 +145,18 @@ class Trial(Base):
     checkpoint_artifact_id: Mapped[int | None] = mapped_column(
         ForeignKey("artifacts.id"), nullable=True
     )
+    fidelity: Mapped[float] = mapped_column(
+        Float, default=1.0, server_default="1.0"
+    )  # the fraction of the full fine-tuning its weights have had; only 1.0 is a final result
+    rung: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0"
+    )  # successive-halving rung: 0 a new proposal, k + 1 continued from a rung-k trial
+    parent_trial_id: Mapped[int | None] = mapped_column(
+        ForeignKey("trials.id"), nullable=True
+    )  # the trial whose checkpoint it starts from (the one it continues, or a warm start's)
+    epochs: Mapped[float | None] = mapped_column(
+        Float, nullable=True
+    )  # the fine-tuning epochs this trial runs (what budget.max_epochs counts)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -19,11 +19,12 @@ files of the artifact store that no row names (`orphaned_files`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, object_session
 
+from search import Objective
+from search.metric_table import is_finite
 from service.core.db import (
     ACTIVE_TRIAL_STATES,
     TERMINAL_JOB_STATES,
@@ -205,6 +208,33 @@ def cancel_requested(session: Session, job_id: int) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
+# --- ranking results ----------------------------------------------------------------------
+
+
+def constraint_violation(metrics: Mapping[str, Any] | None, objective: Objective) -> float:
+    """How far `metrics` are from meeting the constraints: the sum over bounds of the excess
+    relative to the bound (0 when all hold; inf when a constrained metric is missing)."""
+    total = 0.0
+    for c in objective.constraints:
+        value = (metrics or {}).get(c.metric)
+        if not is_finite(value):
+            return math.inf
+        for bound, excess in ((c.min, (c.min or 0) - value), (c.max, value - (c.max or 0))):
+            if bound is not None and excess > 0:
+                total += excess / max(abs(bound), 1e-12)
+    return total
+
+
+def result_rank(metrics: Mapping[str, Any] | None, objective: Objective) -> tuple[int, float]:
+    """A sort key, best first: feasible results by the objective's first metric, then the
+    infeasible ones by :func:`constraint_violation` (closest first), then failures."""
+    if objective.is_feasible(metrics):
+        metric, goal = objective.metrics[0]
+        return 0, -metrics[metric] if goal == "max" else metrics[metric]
+    violation = constraint_violation(metrics, objective)
+    return (1, violation) if math.isfinite(violation) else (2, 0.0)
+
+
 # --- trials -------------------------------------------------------------------------------
 
 
@@ -217,8 +247,14 @@ def add_trial(
     params: dict[str, Any],
     steps: list[Any],
     reason: dict[str, Any] | None,
+    fidelity: float = 1.0,
+    rung: int = 0,
+    parent_trial_id: int | None = None,
+    epochs: float | None = None,
 ) -> Trial:
-    """A new `queued` trial (attempt 1), flushed so that it has its id."""
+    """A new `queued` trial (attempt 1), flushed so that it has its id: a new proposal
+    (rung 0), or a continuation of `parent_trial_id` at `rung` / `fidelity`, or a warm start
+    from `parent_trial_id`; `epochs` are the fine-tuning epochs it will run."""
     trial = Trial(
         job_id=job_id,
         number=number,
@@ -229,6 +265,10 @@ def add_trial(
         reason=reason,
         attempt=1,
         progress=0.0,
+        fidelity=fidelity,
+        rung=rung,
+        parent_trial_id=parent_trial_id,
+        epochs=epochs,
     )
     session.add(trial)
     session.flush()

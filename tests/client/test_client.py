@@ -44,7 +44,7 @@ def test_client_submits_follows_and_downloads(server, tmp_path) -> None:
         assert api.trial(job["best"]["id"])["feasible"] is True
         assert api.pareto(job_id)["trials"]
         path = api.download(job["best"]["id"], tmp_path)
-        assert path.name == f"trial-{job['best']['id']}.safetensors"
+        assert path.name == f"trial-{job['best']['id']}.acpk"
         assert path.stat().st_size == job["best"]["metrics"]["size_bytes"]
         load_checkpoint(path)  # loadable without pickle
         assert job_id in [j["id"] for j in api.jobs(state="succeeded")]
@@ -118,3 +118,19 @@ def test_cli_cancel_stops_a_job(server, tmp_path) -> None:
         cancelled = cli(stack, "cancel", str(job_id))
         assert cancelled.returncode == 0, cancelled.stderr
         assert api.wait(job_id)["state"] == "cancelled"
+
+
+def test_client_registers_with_input_shape_and_key_map(server, tmp_path, digits_model) -> None:
+    from safetensors.torch import load_file, save_file
+
+    stack, _, _ = server
+    renamed = {k.replace("fc1.", "0.").replace("fc2.", "2."): v
+               for k, v in load_file(str(digits_model)).items()}  # fmt: skip
+    save_file(renamed, str(tmp_path / "sequential.safetensors"))
+    config = {"in_features": 64, "hidden": [64], "num_classes": 10}
+    with Client(stack.url) as api:
+        with pytest.raises(ApiError, match="key_map"):
+            api.register_model(tmp_path / "sequential.safetensors", "mlp", config)
+        model = api.register_model(tmp_path / "sequential.safetensors", "zoo:mlp", config,
+                                   input_shape=[64], key_map={"prefix": {"0.": "fc1.", "2.": "fc2."}})  # fmt: skip
+    assert model["input_shape"] == [64] and model["architecture"] == "zoo:mlp"

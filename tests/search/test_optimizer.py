@@ -1,5 +1,6 @@
 """propose(): Sobol start, BoTorch phase, pending points, failures, determinism, speed, the
-job's "search" settings, and categorical columns."""
+job's "search" settings, categorical columns, measurement noise (fixed GP noise, no proposal
+within the noise of a finished point) and fidelity."""
 
 import json
 import math
@@ -9,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 
 from search import (
     Candidate,
@@ -20,7 +22,9 @@ from search import (
     best_feasible,
     propose,
 )
-from search.optimizer import _training_data
+from search.noise import binomial_variance
+from search.optimizer import _fit, _redundant, _training_data
+from tests.search.conftest import VALIDATION_SAMPLES, near_duplicates, plateau_metrics
 
 THREE_D = SearchSpace.from_spec(
     {
@@ -356,3 +360,128 @@ def test_string_choices_are_categorical_and_enumerated(fast):
     assert [o.candidate for o in history[-3:]] != []
     assert history[-1].metrics["size_bytes"] >= 0
     assert any(o.candidate.strategy == "prune+q" for o in history[5:])
+
+
+def plateau_history(space, n, seed=0, settings=None):
+    """``n`` trials of the issue's noisy plateau proposed by ``propose`` itself."""
+    generator = torch.Generator().manual_seed(seed)
+    objective = Objective.from_spec(
+        {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.01}]}
+    )
+    history = []
+    for _ in range(n):
+        (p,) = propose(space, objective, history, [], 1, seed=seed, settings=settings)
+        history.append(
+            Observation(p.candidate, plateau_metrics(p.candidate.params["0.sparsity"], generator))
+        )
+    return history
+
+
+def test_accuracy_noise_is_the_gps_fixed_noise(high_sparsity, tight, fast):
+    generator = torch.Generator().manual_seed(0)
+    history = [
+        Observation(c, plateau_metrics(c.params["0.sparsity"], generator))
+        for c in (Candidate("prune", {"0.sparsity": s}) for s in (0.6, 0.8, 0.9, 0.95, 0.99))
+    ]
+    settings = replace(fast, validation_samples=VALIDATION_SAMPLES)
+    fitted = _fit(high_sparsity, tight, history, settings, seed=0)
+    ratio_gp, drop_gp = fitted.model.models
+    assert isinstance(drop_gp.likelihood, FixedNoiseGaussianLikelihood)
+    assert not isinstance(ratio_gp.likelihood, FixedNoiseGaussianLikelihood)  # exact: inferred
+    # the fixed noise is the binomial variance carried through the bilog warp of the drop
+    warp = fitted.warps[1]
+    y = torch.tensor([o.metrics["accuracy_drop"] for o in history], dtype=torch.double)
+    expected = (
+        torch.tensor(
+            [binomial_variance(o.metrics["accuracy"], VALIDATION_SAMPLES) for o in history],
+            dtype=torch.double,
+        )
+        * warp.derivative(y) ** 2
+    )
+    stdv = float(drop_gp.outcome_transform.stdvs.reshape(-1)[0])
+    assert torch.allclose(drop_gp.likelihood.noise.reshape(-1) * stdv**2, expected, rtol=1e-6)
+    # one standard error of the drop at the bound, one twentieth of the log of the ratio
+    assert fitted.resolution[0] == pytest.approx(0.05, rel=1e-6)
+    assert 0.05 < float(fitted.resolution[1]) < 0.15
+    # without the split's size the GP infers the drop's noise, as before
+    unknown = _fit(high_sparsity, tight, history, fast, seed=0)
+    assert not isinstance(unknown.model.models[1].likelihood, FixedNoiseGaussianLikelihood)
+
+
+def test_no_proposal_within_the_noise_of_a_finished_point(high_sparsity, tight, fast):
+    settings = replace(fast, validation_samples=VALIDATION_SAMPLES)
+    history = plateau_history(
+        high_sparsity, 9, seed=1, settings=replace(settings, skip_within_noise=False)
+    )
+    finished = torch.stack([high_sparsity.encode(o.candidate) for o in history])
+    blind = replace(settings, skip_within_noise=False)
+    (plain,) = propose(high_sparsity, tight, history, [], 1, seed=1, settings=blind)
+    (aware,) = propose(high_sparsity, tight, history, [], 1, seed=1, settings=settings)
+    fitted = _fit(high_sparsity, tight, history, settings, seed=1)
+    x_plain, x_aware = (high_sparsity.encode(p.candidate).unsqueeze(0) for p in (plain, aware))
+    assert bool(_redundant(fitted, x_plain, finished, settings)[0])  # the issue's waste
+    assert not bool(_redundant(fitted, x_aware, finished, settings)[0])
+    assert aware.reason["skipped_within_noise"] == 1 and aware.reason["method"] == "LogCEI"
+    assert "skipped_within_noise" not in plain.reason
+    # a batch is deduplicated too: no two proposals within the noise of each other
+    batch = propose(high_sparsity, tight, history, [], 3, seed=1, settings=settings)
+    X = torch.stack([high_sparsity.encode(p.candidate) for p in batch])
+    for i in range(1, 3):
+        assert not bool(_redundant(fitted, X[i : i + 1], torch.cat([finished, X[:i]]), settings)[0])
+
+
+def test_near_duplicate_trials_drop_on_the_noisy_plateau(high_sparsity, fast):
+    # the issue: 12 of 20 trials between sparsity 0.899 and 0.907, inside the noise
+    settings = replace(fast, validation_samples=VALIDATION_SAMPLES)
+    blind = plateau_history(
+        high_sparsity, 12, seed=1, settings=replace(settings, skip_within_noise=False)
+    )
+    aware = plateau_history(high_sparsity, 12, seed=1, settings=settings)
+    sparsities = [[o.candidate.params["0.sparsity"] for o in h] for h in (blind, aware)]
+    before, after = (near_duplicates(s) for s in sparsities)
+    assert before >= 4 and after <= before // 2, (before, after)  # measured here: 5 and 2
+
+
+def test_low_fidelity_results_are_no_model_data_and_never_best(constrained, one_d, fast):
+    history = run_history(one_d, 5)
+    short = Observation(
+        Candidate("prune", {"0.sparsity": 0.7}),
+        {"compression_ratio": 9.0, "accuracy_drop": 0.0},
+        0.25,
+    )
+    fitted = _fit(one_d, constrained, [*history, short], fast, seed=0)
+    assert fitted.X.shape[0] == 5  # the shorter fine-tune is not in the model
+    assert best_feasible([*history, short], constrained) != 5
+    assert (
+        propose(one_d, constrained, [*history, short], [], 1, seed=0, settings=fast)[0].reason[
+            "n_observations"
+        ]
+        == 6
+    )
+
+
+def test_noise_settings_parse_and_reject_bad_values():
+    settings = SearchSettings.from_spec(
+        {"near_distance": 0.1, "noise_sigmas": 2, "stop_below_noise": False, "stop_min_trials": 12}
+    )
+    assert (settings.near_distance, settings.noise_sigmas, settings.stop_below_noise) == (
+        0.1,
+        2.0,
+        False,
+    )
+    assert settings.stop_min_trials == 12 and isinstance(settings.noise_sigmas, float)
+    assert SearchSettings.from_spec(None).skip_within_noise is True
+    for spec, field in (
+        ({"near_distance": 2}, "search.near_distance"),
+        ({"noise_sigmas": "1"}, "search.noise_sigmas"),
+        ({"skip_within_noise": 1}, "search.skip_within_noise"),
+        ({"stop_min_trials": 2.5}, "search.stop_min_trials"),
+        ({"min_relative_change": math.nan}, "search.min_relative_change"),
+        ({"validation_samples": 10}, "search.validation_samples"),  # the worker's to set
+    ):
+        with pytest.raises(SearchSettingsError) as error:
+            SearchSettings.from_spec(spec)
+        assert error.value.field == field
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="validation_samples"):
+            SearchSettings(validation_samples=bad)

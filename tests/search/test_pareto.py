@@ -100,3 +100,15 @@ def test_best_of_a_pareto_objective_is_on_the_front_and_fronts_take_other_goals(
     assert best_feasible(history, pareto) == 1
     assert feasible_front(history, pareto, [("size_bytes", "min")]) == [2]
     assert feasible_front(history, pareto, [("accuracy", "max")]) == [0, 1]
+
+
+def test_front_and_best_use_full_fidelity_results_only():
+    objective = Objective.from_spec({"maximize": "accuracy"})
+    history = [
+        Observation(Candidate("p", {}), {"accuracy": 0.9}),
+        Observation(Candidate("p", {}), {"accuracy": 0.99}, fidelity=0.5),  # a short fine-tune
+        Observation(Candidate("p", {}), {"accuracy": 0.8}),
+    ]
+    assert best_feasible(history, objective) == 0
+    assert feasible_front(history, objective) == [0]
+    assert best_feasible(history[1:2], objective) is None

@@ -283,7 +283,10 @@ def test_stage_settings_may_hold_ranges_and_materialize_nested():
                         {
                             "op": "prune",
                             "sparsity": {"min": 0.9, "max": 0.99},
-                            "schedule": {"stages": {"min": 2, "max": 4, "type": "int"}, "ramp": "cubic"},
+                            "schedule": {
+                                "stages": {"min": 2, "max": 4, "type": "int"},
+                                "ramp": "cubic",
+                            },
                             "finetune": {"epochs": 2},
                         }
                     ],
@@ -306,5 +309,9 @@ def test_stage_settings_may_hold_ranges_and_materialize_nested():
 def test_a_stage_setting_that_is_not_an_object_is_refused():
     with pytest.raises(SearchSpaceError, match="schedule"):
         SearchSpace.from_spec(
-            {"strategies": [{"name": "s", "steps": [{"op": "prune", "sparsity": 0.5, "schedule": 3}]}]}
+            {
+                "strategies": [
+                    {"name": "s", "steps": [{"op": "prune", "sparsity": 0.5, "schedule": 3}]}
+                ]
+            }
         )

@@ -1,10 +1,22 @@
-"""stop_reason(): trial budget, time budget, patience on the best value or the hypervolume."""
+"""stop_reason(): trial budget, time budget, patience on the best value or the hypervolume,
+convergence below the measurement noise, and full-fidelity trials only."""
 
 import math
+from dataclasses import replace
 
 import pytest
+import torch
 
-from search import Candidate, Objective, Observation, progress_curve, stop_reason
+from search import (
+    Candidate,
+    Objective,
+    Observation,
+    SearchSettings,
+    predicted_gain,
+    progress_curve,
+    stop_reason,
+)
+from tests.search.conftest import VALIDATION_SAMPLES, plateau_metrics
 
 SINGLE = Objective.from_spec(
     {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.01}]}
@@ -72,3 +84,72 @@ def test_pareto_patience_uses_the_hypervolume(last, stops):
     assert (reason is not None) == stops
     if stops:
         assert "hypervolume" in reason
+
+
+def plateau_trials(sparsities, fidelity=1.0):
+    generator = torch.Generator().manual_seed(0)
+    return [
+        Observation(Candidate("prune", {"0.sparsity": s}), plateau_metrics(s, generator), fidelity)
+        for s in sparsities
+    ]
+
+
+#: The issue's landscape searched through: sparsity 0.5 to 0.99, densest at the bound (0.936).
+SEARCHED = [0.5, 0.6, 0.7, 0.8, 0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.97, 0.99]
+
+
+def test_stops_when_the_best_predicted_gain_is_below_the_noise(high_sparsity, tight):
+    settings = SearchSettings(validation_samples=VALIDATION_SAMPLES)
+    history = plateau_trials(SEARCHED)
+    gain, noise = predicted_gain(high_sparsity, tight, history, settings=settings)
+    assert 0 <= gain < noise
+    reason = stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings)
+    assert reason == (
+        f"converged: the best predicted gain of compression_ratio ({gain:.3g}) is below its "
+        f"measurement noise ({noise:.3g})"
+    )
+    # off, without the space, or with the rule's own switch off: no convergence rule
+    assert stop_reason(history, tight, max_trials=99) is None
+    off = replace(settings, stop_below_noise=False)
+    assert stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=off) is None
+    # the trial budget still comes first
+    assert stop_reason(history, tight, max_trials=14, space=high_sparsity, settings=settings) == (
+        "trial budget spent (14 trials)"
+    )
+
+
+def test_goes_on_while_a_gain_above_the_noise_is_predicted(high_sparsity, tight):
+    settings = SearchSettings(validation_samples=VALIDATION_SAMPLES)
+    history = plateau_trials([0.5 + 0.02 * i for i in range(10)])  # nothing beyond 0.68 yet
+    gain, noise = predicted_gain(high_sparsity, tight, history, settings=settings)
+    assert gain > noise
+    assert (
+        stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings) is None
+    )
+
+
+def test_convergence_needs_enough_full_fidelity_trials(high_sparsity, tight):
+    settings = SearchSettings(validation_samples=VALIDATION_SAMPLES, stop_min_trials=15)
+    history = plateau_trials(SEARCHED)
+    assert (
+        stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings) is None
+    )
+    # a shorter fine-tune is not a full-fidelity trial: it counts towards nothing
+    history += plateau_trials([0.96], fidelity=0.5)
+    assert (
+        stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings) is None
+    )
+    history += plateau_trials([0.96])
+    reason = stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings)
+    assert reason is not None and reason.startswith("converged: the best predicted gain")
+
+
+def test_patience_ignores_low_fidelity_trials():
+    history = trials(1, 3, 2)
+    short = Observation(
+        Candidate("prune", {"0.sparsity": 0.5}),
+        {"compression_ratio": 9.0, "accuracy_drop": 0.0},
+        0.3,
+    )
+    assert stop_reason([*history, short], SINGLE, max_trials=99, patience=1) is not None
+    assert stop_reason([*history, *trials(4)], SINGLE, max_trials=99, patience=1) is None

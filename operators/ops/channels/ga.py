@@ -157,13 +157,18 @@ def channel_contributions(
 ) -> torch.Tensor:
     """(C, M) per-input-channel contributions to ``next_layer``'s output on ``layer_input``.
 
-    ``layer_input`` is what ``next_layer`` receives ((N, C) for Linear, (N, C, H, W) for
-    Conv2d, groups=1). For convs, ``positions`` output positions are sampled at random
+    ``layer_input`` is what ``next_layer`` receives ((N, ..., C) for Linear, e.g. the tokens of
+    a transformer, (N, C, H, W) for Conv2d, groups=1). ``positions`` output positions (rows of
+    a Linear's input, pixels of a conv's output) are sampled at random when there are more
     (None: all).
     """
+    g = torch.Generator().manual_seed(seed)
     if isinstance(next_layer, nn.Linear):
-        z = layer_input[:, :, None] * next_layer.weight.T[None, :, :]  # (N, C, D)
-        return z.permute(1, 0, 2).reshape(layer_input.shape[1], -1)
+        rows = layer_input.reshape(-1, layer_input.shape[-1])  # (N*..., C)
+        if positions is not None and positions < rows.shape[0]:
+            rows = rows[torch.randperm(rows.shape[0], generator=g)[:positions].to(rows.device)]
+        z = rows[:, :, None] * next_layer.weight.T[None, :, :]  # (N, C, D)
+        return z.permute(1, 0, 2).reshape(rows.shape[1], -1)
     if not isinstance(next_layer, nn.Conv2d) or next_layer.groups != 1:
         raise ValueError("next_layer: must be nn.Linear or nn.Conv2d with groups=1")
     weight = next_layer.weight  # (D, C, kh, kw)
@@ -178,7 +183,6 @@ def channel_contributions(
     n, _, length = patches.shape
     patches = patches.reshape(n, c, kh * kw, length)
     if positions is not None and positions < n * length:
-        g = torch.Generator().manual_seed(seed)
         pick = torch.randperm(n * length, generator=g)[:positions]
         patches = patches.permute(0, 3, 1, 2).reshape(n * length, c, kh * kw)[pick]
         return torch.einsum("pck,dck->cpd", patches, weight.reshape(d, c, kh * kw)).reshape(c, -1)

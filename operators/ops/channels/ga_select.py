@@ -38,18 +38,22 @@ from operators.ops.channels.ga import (
     layer_sensitivity_order,
     select_channels_ga,
 )
-from operators.ops.channels.graph import remove_named_channels
+from operators.ops.channels.graph import remove_named_channels, skipped_layers
 
 MIN_CALIBRATION = 16
 
 
 @contextmanager
 def _silenced(module: nn.Module, channels: list[int]) -> Iterator[None]:
-    """Zero the given output channels of ``module``'s output while inside."""
+    """Zero the given output channels of ``module``'s output while inside (the last dimension
+    of a Linear's output, which may be a sequence of tokens; dimension 1 otherwise)."""
 
     def hook(_m: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         output = output.clone()
-        output[:, channels] = 0
+        if isinstance(module, nn.Linear):
+            output[..., channels] = 0
+        else:
+            output[:, channels] = 0
         return output
 
     handle = module.register_forward_hook(hook)
@@ -96,11 +100,14 @@ def ga_remove_channels(
     types: tuple[type[nn.Module], ...],
     ratio: float,
     *,
+    skip: dict[str, str] | None = None,
     seed: int = 0,
     population: int = 24,
     generations: int = 20,
 ) -> dict[str, list[int]]:
-    """Remove ``ratio`` of each selected layer's output channels, chosen by the GA."""
+    """Remove ``ratio`` of each selected layer's output channels, chosen by the GA, but those
+    of the layers in ``skip`` (default: :func:`~operators.ops.channels.graph.skipped_layers`:
+    attention projections and what is coupled to them)."""
     x = cm.example_input
     if x is None or x.shape[0] < MIN_CALIBRATION:
         raise ValueError(
@@ -123,7 +130,8 @@ def ga_remove_channels(
 
     with eval_mode(model):
         last = output_layer(model)
-        names = [n for n, m in op.selected_modules(model, types) if m is not last]
+        fixed = skipped_layers(cm, op, types) if skip is None else skip
+        names = [n for n, m in op.selected_modules(model, types) if m is not last and n not in fixed]
         if not names:
             raise ValueError(f"{op.name}: include/exclude selected no prunable layer")
         order = layer_sensitivity_order(model, names, lambda m: -divergence(m), ratios=(0.3, 0.6))

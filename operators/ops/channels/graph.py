@@ -5,7 +5,10 @@ Whole Linear neurons or conv filters are removed with everything that depends on
 torch-pruning's ``DependencyGraph``: the result is a smaller dense model that runs on ordinary
 kernels. The graph of a model is traced once (:func:`dependency_graph`) and reused by every
 channel pruner (``l1``/``l2`` ranking, the GA) and by ``hspg``'s removal; pruning a group
-updates it in place. The network's output layer is never pruned.
+updates it in place (and a graph traced before another op resized a layer is traced again).
+The network's output layer is never pruned. In a transformer the layers inside attention
+modules, and every layer whose channels are coupled to them (the residual stream), are left
+alone (:func:`skipped_layers`: whole heads are ``head_prune``'s); its FFN neurons are removed.
 
 Removal functions return, per module, the output channels removed (indices into the original
 layer), so a caller can check that removing them equals zeroing them (:func:`zero_channels`).
@@ -26,7 +29,15 @@ from operators.core.op import WEIGHT_LAYERS, Op, check_unstructured, output_laye
 _OUT_HANDLERS = ("prune_out_channels",)
 
 
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tp.DependencyGraph] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tp.DependencyGraph]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shapes(model: nn.Module) -> tuple:
+    """The modules and shapes a graph was traced on: another op (``head_prune``, ``lowrank``)
+    that resized or replaced a layer since makes the cached graph stale."""
+    return tuple((id(m), tuple(m.weight.shape)) for m in model.modules() if isinstance(m, WEIGHT_LAYERS))
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -36,21 +47,22 @@ def _device(model: nn.Module) -> torch.device:
 def dependency_graph(cm: CompressedModel) -> tp.DependencyGraph:
     """The dependency graph of ``cm.model``, traced with ``cm.example_input`` on first use."""
     model = cm.model
-    graph = _GRAPHS.get(model)
-    if graph is None:
+    shapes, graph = _GRAPHS.get(model, (None, None))
+    if graph is None or shapes != _shapes(model):
         if cm.example_input is None:
             raise ValueError("remove channels: cannot trace the model; pass an example input")
         with eval_mode(model, quiet=True):
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=cm.example_input.to(_device(model))
             )
-        _GRAPHS[model] = graph
+        _GRAPHS[model] = (_shapes(model), graph)
     return graph
 
 
 def attention_layers(model: nn.Module) -> dict[str, str]:
     """Weight layers whose widths an attention module fixes (its reshape into heads), by name,
-    with the reason: channel removal leaves them, and every group they are in, alone."""
+    with the reason: channel removal leaves them, and every group they are in, alone (whole
+    heads are ``head_prune``'s)."""
     fixed = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__:
@@ -62,14 +74,57 @@ def attention_layers(model: nn.Module) -> dict[str, str]:
     return fixed
 
 
+def _prune_out(module: nn.Module):
+    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else (
+        tp.prune_conv_out_channels
+    )
+
+
+def _touched(group: tp.Group, fixed: dict[int, str]) -> str | None:
+    """The first attention-fixed layer (by name) that pruning ``group`` would resize."""
+    return next((fixed[id(dep.target.module)] for dep, _ in group
+                 if id(dep.target.module) in fixed), None)  # fmt: skip
+
+
+def _fixed_ids(model: nn.Module, fixed: dict[str, str]) -> dict[int, str]:
+    modules = dict(model.named_modules())
+    return {id(modules[name]): name for name in fixed}
+
+
+def skipped_layers(
+    cm: CompressedModel, op: Op, types: tuple[type[nn.Module], ...]
+) -> dict[str, str]:
+    """The selected ``types`` layers channel removal leaves alone, with the reason: those inside
+    an attention module (:func:`attention_layers`) and those whose channels are coupled to one
+    (a transformer's residual stream, whose width every attention projection reads). The FFN
+    neurons of a transformer block (its first Linear's outputs, the second's inputs) are not."""
+    model = cm.model
+    fixed = attention_layers(model)
+    selected = [n for n, _ in op.selected_modules(model, types)]
+    skipped = {n: fixed[n] for n in selected if n in fixed}
+    if not fixed or cm.example_input is None:
+        return skipped
+    graph, ids, modules = dependency_graph(cm), _fixed_ids(model, fixed), dict(model.named_modules())
+    for name in selected:
+        module = modules[name]
+        if name in fixed or module is output_layer(model):
+            continue
+        hit = _touched(graph.get_pruning_group(module, _prune_out(module), idxs=[0]), ids)
+        if hit is not None:
+            skipped[name] = f"its channels are coupled to {hit}, an attention projection"
+    return skipped
+
+
 def remove_channels(
     cm: CompressedModel,
     op: Op,
     types: tuple[type[nn.Module], ...],
     ratio: float,
     criterion: str,
+    skip: dict[str, str] | None = None,
 ) -> dict[str, list[int]]:
-    """Physically remove ``ratio`` of the output channels of the selected ``types`` layers.
+    """Physically remove ``ratio`` of the output channels of the selected ``types`` layers but
+    those in ``skip`` (default: :func:`skipped_layers`).
 
     Returns module name -> removed output-channel indices for every module whose outputs
     shrank (the selected layers and their coupled BatchNorms, residual partners, ...).
@@ -78,7 +133,7 @@ def remove_channels(
     model = cm.model
     if cm.example_input is None:
         raise ValueError(f"{op.name}: cannot trace the model; pass an example input")
-    fixed = attention_layers(model)
+    fixed = skipped_layers(cm, op, types) if skip is None else skip
     targets = {id(m) for n, m in op.selected_modules(model, types) if n not in fixed}
     last = output_layer(model)
     ignored = [
@@ -105,7 +160,7 @@ def remove_channels(
                 if handler in _OUT_HANDLERS and id(module) in names:
                     removed.setdefault(names[id(module)], []).extend(int(i) for i in idxs)
             group.prune()
-    _GRAPHS[model] = pruner.DG  # the pruner's graph, updated by the pruning: reuse it
+    _GRAPHS[model] = (_shapes(model), pruner.DG)  # updated by the pruning: reuse it
     cm.structural = True
     return {name: sorted(set(idx)) for name, idx in removed.items()}
 
@@ -134,6 +189,7 @@ def remove_named_channels(cm: CompressedModel, channels: dict[str, list[int]]) -
     modules = dict(model.named_modules())
     last = output_layer(model)
     fixed = attention_layers(model)
+    ids = _fixed_ids(model, fixed)
     removed: dict[str, list[int]] = {}
     graph = dependency_graph(cm)
     with eval_mode(model, quiet=True):
@@ -143,12 +199,10 @@ def remove_named_channels(cm: CompressedModel, channels: dict[str, list[int]]) -
             idxs = sorted(set(idxs))[: width - 1]
             if not idxs or module is last or name in fixed:
                 continue
-            fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else (
-                tp.prune_conv_out_channels
-            )
-            group = graph.get_pruning_group(module, fn, idxs=idxs)
-            if graph.check_pruning_group(group):
+            group = graph.get_pruning_group(module, _prune_out(module), idxs=idxs)
+            if _touched(group, ids) is None and graph.check_pruning_group(group):
                 group.prune()
                 removed[name] = idxs
+    _GRAPHS[model] = (_shapes(model), graph)  # pruned in place: still the model's graph
     cm.structural = cm.structural or bool(removed)
     return removed

@@ -5,7 +5,9 @@ dependencies (:mod:`operators.ops.channels.graph`), ranked by the ``criterion`` 
 norm of their whole dependency group, or chosen by a genetic algorithm (``ga``, see
 :mod:`operators.ops.channels.ga_select`). The network's output layer is never pruned.
 
-The report lists, per module, the output channels removed (indices into the original layer).
+The report lists, per module, the output channels removed (indices into the original layer),
+and under ``skipped`` the selected layers left alone with the reason: on a transformer its
+attention projections and the residual stream coupled to them (its FFN neurons go).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from operators.core.model import CompressedModel
 from operators.core.op import Op, check_choice, check_number
 from operators.core.registry import register
 from operators.ops.channels.ga_select import ga_remove_channels
-from operators.ops.channels.graph import attention_layers, remove_channels
+from operators.ops.channels.graph import remove_channels, skipped_layers
 
 
 def _summary(cm: CompressedModel, removed: dict[str, list[int]], skipped: dict[str, str]) -> dict[str, Any]:
@@ -49,13 +51,12 @@ class _ChannelPrune(Op):
         return dataclasses.replace(self, ratio=(target - previous) / (1.0 - previous))
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
-        fixed = attention_layers(cm.model)
-        skipped = {n: fixed[n] for n, _ in self.selected_modules(cm.model, self.LAYERS) if n in fixed}
+        skipped = skipped_layers(cm, self, self.LAYERS)
         if self.criterion == "ga":
-            return _summary(cm, ga_remove_channels(cm, self, self.LAYERS, self.ratio), skipped)
-        return _summary(
-            cm, remove_channels(cm, self, self.LAYERS, self.ratio, self.criterion), skipped
-        )
+            removed = ga_remove_channels(cm, self, self.LAYERS, self.ratio, skip=skipped)
+        else:
+            removed = remove_channels(cm, self, self.LAYERS, self.ratio, self.criterion, skipped)
+        return _summary(cm, removed, skipped)
 
 
 @register

@@ -22,6 +22,7 @@ from operators.core.registry import register
 from operators.format.codecs import check_bits
 from operators.ops.cluster.algorithm import CLUSTER_METHODS, cluster_tensor
 from operators.ops.cluster.packed import ClusteredLayer
+from operators.ops.cluster.sensitivity import allocate_bits, bit_curves
 
 
 class Codebook(Constraint):
@@ -77,27 +78,51 @@ class Codebook(Constraint):
 @register
 @dataclass(frozen=True, kw_only=True)
 class Cluster(Op):
-    """Cluster each selected weight to at most ``2**bits`` values (``dp`` exact, ``kmeans``)."""
+    """Cluster each selected weight to at most ``2**bits`` values (``dp`` exact, ``kmeans``).
+
+    ``allocate="sensitivity"``: per-layer widths from a pre-pass on the calibration inputs
+    (:mod:`operators.ops.cluster.sensitivity`), ``bits`` then being the most the mean width
+    (per clustered value) may be; each layer's width is in its report entry.
+    """
 
     name: ClassVar[str] = "cluster"
     PACKERS: ClassVar[dict] = {"cluster": {nn.Linear: ClusteredLayer, nn.Conv2d: ClusteredLayer}}
     bits: int
     method: str = "dp"
+    allocate: str = "uniform"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bits(self.bits)
         check_choice("method", self.method, CLUSTER_METHODS)
+        check_choice("allocate", self.allocate, ("uniform", "sensitivity"))
+
+    def params(self) -> dict[str, Any]:
+        """The parameters for reports; ``allocate`` only when not the default."""
+        out = super().params()
+        if self.allocate == "uniform":
+            del out["allocate"]
+        return out
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
-        layers = {}
+        selected = []
         for name, module_name, param in selected_weights(self, cm):
-            weight = cm.project(name, param).cpu()
             mask = cm.masks.get(name)
-            mask = None if mask is None else mask.cpu()
-            codebook, indices = cluster_tensor(weight, self.bits, self.method, mask)
+            selected.append((name, module_name, cm.project(name, param).cpu(),
+                             None if mask is None else mask.cpu()))  # fmt: skip
+        widths = {name: self.bits for name, *_ in selected}
+        if self.allocate == "sensitivity":
+            curves = bit_curves(cm, [(n, w, m) for n, _, w, m in selected], self.bits, self.method)
+            sizes = {n: int(w.numel() if m is None else m.sum()) for n, _, w, m in selected}
+            widths = allocate_bits(curves, sizes, self.bits)
+        layers = {}
+        for name, module_name, weight, mask in selected:
+            bits = widths[name]
+            codebook, indices = cluster_tensor(weight, bits, self.method, mask)
             positions = None if mask is None else torch.nonzero(mask.reshape(-1)).flatten()
             cm.constraints[name] = Codebook(indices, positions, max(1, len(codebook)))
-            cm.packing[module_name] = PackSpec("cluster", {"bits": self.bits})
+            cm.packing[module_name] = PackSpec("cluster", {"bits": bits})
             layers[module_name] = {"values": len(codebook), "clustered": int(indices.numel())}
+            if self.allocate == "sensitivity":
+                layers[module_name]["bits"] = bits
         return {"layers": layers}

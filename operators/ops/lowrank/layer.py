@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from operators.core.registry import MODULE_KINDS, build_module, register_kind
+from operators.core.registry import MODULE_KINDS, build_module, plain_layer_type, register_kind
 
 LAYERS = ("linear", "conv2d")
 
@@ -63,7 +63,7 @@ class LowRankLayer(nn.Module):
     @staticmethod
     def args_of(dense: nn.Module) -> tuple[str, dict[str, Any]]:
         """``(layer kind, constructor arguments)`` of a plain Linear / Conv2d."""
-        layer = "linear" if type(dense) is nn.Linear else "conv2d"
+        layer = "linear" if plain_layer_type(dense) is nn.Linear else "conv2d"
         return layer, MODULE_KINDS[layer].args(dense)
 
     def product(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from operators.core.model import CompressedModel
 from operators.core.op import Op, check_int, check_number, output_layer, param_name
-from operators.core.registry import register
+from operators.core.registry import plain_layer_type, register
 from operators.ops.lowrank.algorithm import low_rank_factors, rank_for_energy, singular_values
 from operators.ops.lowrank.layer import LowRankLayer
 
@@ -65,7 +65,7 @@ class LowRank(Op):
         if not selected:
             raise ValueError("lowrank: include/exclude selected no Linear or Conv2d layer")
         for module_name, module in selected:
-            if type(module) not in (nn.Linear, nn.Conv2d):  # a subclass may compute more
+            if plain_layer_type(module) not in (nn.Linear, nn.Conv2d):  # a subclass may compute more
                 skipped[module_name] = f"{type(module).__name__}: not a plain Linear or Conv2d"
                 continue
             if module is last and not (explicit and re.search(self.include, module_name)):

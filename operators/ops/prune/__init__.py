@@ -1,5 +1,6 @@
-"""The pruning family that masks weights: ``prune`` (magnitude.py), ``block_prune`` (block.py)
-and ``nm_prune`` (nm.py)."""
+"""The pruning family that masks weights: ``prune`` (magnitude.py, with its per-layer
+allocation by a sensitivity pre-pass in sensitivity.py), ``block_prune`` (block.py) and
+``nm_prune`` (nm.py)."""
 # ruff: noqa: I001  (registry order)
 
 from operators.ops.prune import magnitude as magnitude  # registers prune

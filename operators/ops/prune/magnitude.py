@@ -2,6 +2,9 @@
 
 The ``round(sparsity * total)`` smallest-magnitude entries are masked (:func:`magnitude_masks`),
 over every selected weight together (``scope: global``) or per weight tensor (``layer``).
+With ``allocate: sensitivity`` the same total is split into per-layer sparsities by a
+sensitivity pre-pass on calibration inputs (:mod:`operators.ops.prune.sensitivity`), each layer
+then pruned by magnitude to its own count; the report lists the sparsity each layer got.
 The checkpoint stores the kept values as a bitmask or a gap index, whichever is smaller.
 """
 
@@ -15,6 +18,9 @@ import torch
 from operators.core.model import CompressedModel
 from operators.core.op import Op, add_mask, check_choice, check_number, weight_names
 from operators.core.registry import register
+from operators.ops.prune.sensitivity import allocate_counts, count_masks, layer_curves
+
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 def magnitude_masks(tensors: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
@@ -23,15 +29,7 @@ def magnitude_masks(tensors: list[torch.Tensor], sparsity: float) -> list[torch.
     One threshold over all ``tensors`` together; ties are broken by position (a stable sort of
     the concatenated magnitudes), so the result is deterministic and the count exact.
     """
-    magnitudes = torch.cat([t.detach().abs().flatten().float() for t in tensors])
-    n_prune = round(sparsity * magnitudes.numel())
-    keep = torch.ones_like(magnitudes, dtype=torch.bool)
-    if n_prune:
-        order = torch.sort(magnitudes, stable=True).indices
-        keep[order[:n_prune]] = False
-    return [
-        m.view_as(t) for m, t in zip(keep.split([t.numel() for t in tensors]), tensors, strict=True)
-    ]
+    return count_masks(tensors, round(sparsity * sum(t.numel() for t in tensors)))
 
 
 @register
@@ -40,24 +38,47 @@ class Prune(Op):
     """Unstructured magnitude pruning of Linear / Conv weights (not biases, not norms).
 
     ``scope="global"``: one threshold over every selected weight; ``"layer"``: each selected
-    weight tensor loses the same fraction. Combines with masks from earlier steps (AND).
+    weight tensor loses the same fraction. ``allocate="sensitivity"`` (global scope only):
+    per-layer counts from the sensitivity pre-pass, the same total. Combines with masks from
+    earlier steps (AND).
     """
 
     name: ClassVar[str] = "prune"
     STRENGTH: ClassVar[str | None] = "sparsity"
     sparsity: float
     scope: str = "global"
+    allocate: str = "uniform"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_number("sparsity", self.sparsity, 0.0, 1.0)
         check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("allocate", self.allocate, ALLOCATIONS)
+        if self.allocate == "sensitivity" and self.scope != "global":
+            raise ValueError("allocate: sensitivity sets per-layer sparsities itself; "
+                             "use it with scope global")  # fmt: skip
+
+    def params(self) -> dict[str, Any]:
+        """The parameters for reports; ``allocate`` only when not the default, so a uniform
+        pruning reports exactly what it did before the option existed."""
+        out = super().params()
+        if self.allocate == "uniform":
+            del out["allocate"]
+        return out
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
         names = weight_names(self, cm)
         params = dict(cm.model.named_parameters())
         weights = [cm.project(name, params[name]) for name in names]
-        if self.scope == "global":
+        details: dict[str, Any] = {}
+        if self.allocate == "sensitivity":
+            floors = {n: int((~cm.masks[n]).sum()) if n in cm.masks else 0 for n in names}
+            budget = round(self.sparsity * sum(w.numel() for w in weights))
+            curves = layer_curves(cm, names, weights)
+            counts = allocate_counts(curves, floors, budget)
+            masks = [count_masks([w], counts[n])[0] for n, w in zip(names, weights, strict=True)]
+            details["allocate"] = "sensitivity"
+        elif self.scope == "global":
             masks = magnitude_masks(weights, self.sparsity)
         else:
             masks = [magnitude_masks([w], self.sparsity)[0] for w in weights]
@@ -67,4 +88,4 @@ class Prune(Op):
             layers[name] = int((~mask).sum()) / mask.numel()
         total = sum(m.numel() for m in masks)
         pruned = sum(int((~cm.masks[name]).sum()) for name in names)
-        return {"sparsity": pruned / total, "layers": layers}
+        return {"sparsity": pruned / total, "layers": layers, **details}

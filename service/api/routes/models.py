@@ -1,6 +1,13 @@
 """`/v1/models`: register a trained model (architecture `source:name` + config + safetensors
-weights). The model is sized on the meta device and the weights' header checked against it
-before anything is allocated; the sources and the key_map are `operators.models`."""
+weights, or `export:` + a `torch.export.save` program). The model is sized on the meta device
+and the weights' header checked against it before anything is allocated; the sources and the
+key_map are `operators.models`, the program reader `operators.export.program`.
+
+An `export:` program is copied (size-limited) into the artifact store as `program/<id>.pt2`,
+checked entry by entry without unpickling anything (a refused entry is a 422 on `program`
+naming it, and neither file nor row is kept), and registered as architecture
+`export:program/<id>.pt2`, which workers read under the artifact root (allowed in
+`service.main`). Its weights are the archive's own unless a `weights` file overrides them."""
 
 from __future__ import annotations
 
@@ -13,7 +20,9 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from operators.export.program import read_archive
 from operators.format.checkpoint import load_weights
 from operators.models.sources import (
     INPUT_DTYPES,
@@ -23,18 +32,22 @@ from operators.models.sources import (
     split_architecture,
     split_record_config,
 )
+from operators.models.sources import build as build_source
 from operators.models.weights import check_key_map
 from service.api.deps import CallerDep, ModelId, SessionDep, SettingsDep, StoreDep
-from service.api.errors import Invalid, NotFound
+from service.api.errors import ApiError, Invalid, NotFound
 from service.api.pagination import Page, page_params, paginate
 from service.api.schemas import ModelPublic
-from service.api.tenancy import owned_model
+from service.api.tenancy import Caller, owned_model
 from service.api.uploads import copy_upload
 from service.core.db import Artifact, ModelRecord
+from service.core.settings import Settings
+from service.core.storage import ArtifactStore
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 ARCHITECTURE_CHARS = 64  # the models.architecture column
+EXPORT = ("export", "export:")
 
 
 def _public(record: ModelRecord, artifact: Artifact) -> ModelPublic:
@@ -103,11 +116,24 @@ def register_model(
         Form(
             description="`source:name`: a zoo name (`lenet-300-100`, `mlp`, ... or "
             "`zoo:<name>`), `timm:<model_name>`, `hf:<task>` (image-classification, "
-            "sequence-classification, audio-classification) or `torchvision:<name>`.",
+            "sequence-classification, audio-classification), `torchvision:<name>`, or "
+            "`export:` with the `program` file (a torch.export.save archive).",
             examples=["timm:resnet18"],
         ),
     ],
-    weights: Annotated[UploadFile, File(description="The trained weights, .safetensors.")],
+    weights: Annotated[
+        UploadFile | None,
+        File(description="The trained weights, .safetensors; required except for `export:`, "
+             "whose program carries its weights (a file given here replaces them)."),
+    ] = None,
+    program: Annotated[
+        UploadFile | None,
+        File(description="For `export:` only: a `.pt2` archive written by torch.export.save, "
+             "read without unpickling anything (the sample-input pickle is scanned, never run; "
+             "extra files are never read; a pickle naming anything but tensors, a pickled weight "
+             "or constant, native code or a non-ATen node target is a 422 naming the archive "
+             "entry). Export with a dynamic batch dimension."),
+    ] = None,
     config: Annotated[
         str,
         Form(
@@ -144,7 +170,8 @@ def register_model(
     exactly. Before anything is allocated the model is sized on the meta device (a 422 above
     AUTOCOMPRESS_MAX_MODEL_PARAMS) and the file's header is checked against it (a 422 listing
     missing, unexpected and wrongly shaped keys, with a suggested key_map when the shapes match
-    in order). A plain `def`: copying, hashing, building and re-saving the weights run in
+    in order). `export:` takes the `program` file instead (its own weights; see the module
+    docstring). A plain `def`: copying, hashing, building and re-saving the weights run in
     FastAPI's threadpool, never on the event loop."""
     config_dict = _json_form("config", config, dict)
     shape = _json_form("input_shape", input_shape, list) if input_shape else None
@@ -153,29 +180,120 @@ def register_model(
         raise Invalid("architecture", f"longer than {ARCHITECTURE_CHARS} characters")
     try:
         check_key_map(renames)
+    except SourceError as exc:
+        raise Invalid(exc.field, str(exc)) from exc
+    if architecture in EXPORT or program is not None:
+        return _register_export(session, settings, store, caller, architecture, config_dict,
+                                program, weights, name, renames, shape, input_dtype)  # fmt: skip
+    if architecture.startswith("export:"):
+        raise Invalid("architecture", "give `export:` and the archive as the `program` file")
+    try:
         info = model_info(architecture, config_dict, input_shape=shape,
                           input_dtype=input_dtype or None, max_params=settings.max_model_params)
     except SourceError as exc:
         raise Invalid(exc.field, str(exc)) from exc
+    if weights is None:
+        raise Invalid("weights", "required: the trained weights as a .safetensors file")
     with store.writing("weights") as (tmp, relative):
-        copy_upload(weights, tmp, settings.max_upload_bytes, "weights")
-        _as_safetensors(tmp, weights.filename or "", settings.trusted_uploads)
+        _store_weights(tmp, weights, settings, architecture, config_dict, renames)
+    return _record(session, store, caller, [("weights", relative)], name or architecture,
+                   architecture, record_config(config_dict, info.input_shape, info.input_dtype),
+                   info.params)  # fmt: skip
+
+
+def _store_weights(tmp: Path, weights: UploadFile, settings: Settings, architecture: str,
+                   config: dict, renames: dict | None) -> None:  # fmt: skip
+    """Copy the uploaded weights to ``tmp``, fit them to the model, rewrite them as safetensors."""
+    copy_upload(weights, tmp, settings.max_upload_bytes, "weights")
+    _as_safetensors(tmp, weights.filename or "", settings.trusted_uploads)
+    try:
+        model = load_weights(tmp, architecture, config, key_map=renames,
+                             max_params=settings.max_model_params)  # fmt: skip
+    except SourceError as exc:
+        raise Invalid(exc.field, str(exc)) from exc
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise Invalid("weights", f"not a readable .safetensors file: {exc}") from exc
+    save_file(_unshared(model.state_dict()), str(tmp))
+
+
+def _register_export(
+    session: Session,
+    settings: Settings,
+    store: ArtifactStore,
+    caller: Caller,
+    architecture: str,
+    config: dict,
+    program: UploadFile | None,
+    weights: UploadFile | None,
+    name: str,
+    renames: dict | None,
+    shape: list | None,
+    input_dtype: str,
+) -> ModelPublic:
+    """``export:`` with its ``program``: both files are staged and checked, then kept together
+    with their rows, or neither is (see the module docstring)."""
+    if architecture not in EXPORT:
+        raise Invalid("architecture", f"a `program` file is for `export:` only, not {architecture!r}")
+    if program is None:
+        raise Invalid("program", "required for export:: a .pt2 archive from torch.export.save")
+    if config:
+        raise Invalid("config", "must be {} for export: (the program fixes the model)")
+    limit = settings.max_upload_bytes
+    with store.writing("program", ".pt2") as (program_tmp, program_relative):
+        copy_upload(program, program_tmp, limit, "program")
+        label = program.filename or "program"
+
+        def invalid(field: str, exc: Exception) -> Invalid:  # no server path in the answer
+            return Invalid(field, str(exc).replace(f"export:{program_tmp}", label)
+                           .replace(str(program_tmp), label))  # fmt: skip
+
+        staged = f"export:{program_tmp}"
         try:
-            model = load_weights(tmp, architecture, config_dict, key_map=renames,
-                                 max_params=settings.max_model_params)
+            read_archive(program_tmp, max_entry_bytes=limit, max_total_bytes=limit)
+            info = model_info(staged, {}, input_shape=shape, input_dtype=input_dtype or None,
+                              max_params=settings.max_model_params)  # fmt: skip
         except SourceError as exc:
-            raise Invalid(exc.field, str(exc)) from exc
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise Invalid("weights", f"not a readable .safetensors file: {exc}") from exc
-        save_file(_unshared(model.state_dict()), str(tmp))
-    artifact = store.register(session, "weights", relative)
-    artifact.owner_key_id = caller.key_id
+            raise invalid("program" if exc.field == "architecture" else exc.field, exc) from exc
+        except ValueError as exc:
+            raise invalid("program", exc) from exc
+        except Exception as exc:  # a checked, well-formed program that torch cannot run as a module
+            raise invalid("program", RuntimeError(f"cannot be built as a module ({exc!r})")) from exc
+        with store.writing("weights") as (tmp, relative):
+            if weights is not None:
+                try:
+                    _store_weights(tmp, weights, settings, staged, {}, renames)
+                except ApiError as exc:
+                    raise ApiError(exc.status, str(invalid(exc.field or "weights", exc)), exc.field) from exc
+            else:
+                save_file(_unshared(build_source(staged, {}).state_dict()), str(tmp))
+    architecture = f"export:{program_relative}"
+    return _record(session, store, caller, [("weights", relative), ("program", program_relative)],
+                   name or program.filename or architecture, architecture,
+                   record_config({}, info.input_shape, info.input_dtype), info.params)  # fmt: skip
+
+
+def _record(
+    session: Session,
+    store: ArtifactStore,
+    caller: Caller,
+    files: list[tuple[str, str]],
+    name: str,
+    architecture: str,
+    config: dict,
+    params: int,
+) -> ModelPublic:
+    """Register the stored ``files`` (``(kind, relative path)``, the weights first) and the
+    model row in one commit."""
+    artifacts = [store.register(session, kind, relative) for kind, relative in files]
+    for artifact in artifacts:
+        artifact.owner_key_id = caller.key_id
+    artifact = artifacts[0]
     record = ModelRecord(
         owner_key_id=caller.key_id,
-        name=name or architecture,
+        name=name,
         architecture=architecture,
-        config=record_config(config_dict, info.input_shape, info.input_dtype),
-        params=info.params,
+        config=config,
+        params=params,
         weights_artifact_id=artifact.id,
     )
     session.add(record)

@@ -38,7 +38,8 @@ def get_trial(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> Tria
 def download_checkpoint(
     trial_id: TrialId, session: SessionDep, store: StoreDep, caller: CallerDep
 ) -> FileResponse:
-    """The packed checkpoint (safetensors + JSON manifest), loadable without pickle."""
+    """The packed checkpoint (the compact v3 container, ``.acpk``: docs/job-spec.md), loadable
+    without pickle."""
     trial, _job = owned_trial(session, caller, trial_id)
     if trial.checkpoint_artifact_id is None:
         raise ApiError(409, f"trial {trial_id} has no checkpoint (state {trial.state})")
@@ -46,7 +47,7 @@ def download_checkpoint(
     return FileResponse(
         store.resolve(artifact.path),
         media_type="application/octet-stream",
-        filename=f"trial-{trial_id}.safetensors",
+        filename=f"trial-{trial_id}.acpk",
     )
 
 

@@ -66,3 +66,21 @@ def test_a_member_larger_than_its_header_says_is_refused(tmp_path: Path) -> None
 def open_member(path: Path, name: str) -> bytes:
     with zipfile.ZipFile(path) as zf:
         return zf.read(name)
+
+
+def test_an_npz_with_x_test_and_y_test_has_a_test_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x_test, y_test = rng.random((6, 2, 3), dtype=np.float32), np.array([0, 1, 2, 3, 4, 5])
+    path = write_npz(tmp_path / "d.npz", x_test=x_test, y_test=y_test)
+    assert inspect_npz(path).shapes["x_test"] == (6, 2, 3)
+    dataset = load_dataset(f"npz:{path.name}", data_roots=[tmp_path])
+    assert dataset.x_test.shape == (6, 2, 3) and dataset.y_test.tolist() == y_test.tolist()
+    assert dataset.num_classes == 6  # labels of every split count
+
+
+def test_an_npz_test_split_needs_both_arrays_of_the_train_sample_shape(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(DatasetError, match="come together"):
+        inspect_npz(write_npz(tmp_path / "a.npz", x_test=rng.random((3, 2, 3))))
+    with pytest.raises(DatasetError, match="train and test samples differ"):
+        inspect_npz(write_npz(tmp_path / "b.npz", x_test=rng.random((3, 5)), y_test=np.zeros(3, dtype=np.int64)))

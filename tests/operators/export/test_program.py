@@ -73,15 +73,23 @@ def test_read_program_gives_the_outputs_of_the_saved_module(archive):
     assert set(state) == {"fc.weight", "fc.bias", "shift"}
 
 
-def test_read_program_never_unpickles_the_sample_inputs(archive, tmp_path):
-    path, model = archive
+def test_read_program_refuses_hostile_sample_inputs_without_unpickling_them(archive, tmp_path):
+    path, _ = archive
     marker = tmp_path / "marker"
-    hostile = rewrite(path, tmp_path / "hostile.pt2",
-                      {"data/sample_inputs/model.pt": pickle.dumps(WritesMarker(marker))})  # fmt: skip
-    module, _ = read_program(hostile)
-    x = torch.randn(2, 6)
-    with torch.no_grad():
-        torch.testing.assert_close(module(x), model(x))
+    bare = rewrite(path, tmp_path / "bare.pt2",
+                   {"data/sample_inputs/model.pt": pickle.dumps(WritesMarker(marker))})  # fmt: skip
+    with pytest.raises(ValueError, match=r"small/data/sample_inputs/model.pt: not a torch.save archive"):
+        read_program(bare)
+    inside = tmp_path / "inside.pt"  # a torch.save zip whose data.pkl would call open()
+    torch.save({"x": torch.zeros(2)}, inside)
+    with zipfile.ZipFile(inside) as z, zipfile.ZipFile(tmp_path / "evil.pt", "w") as out:
+        for info in z.infolist():
+            data = pickle.dumps(WritesMarker(marker), protocol=2) if info.filename.endswith("data.pkl") else z.read(info)
+            out.writestr(info.filename, data)
+    evil = rewrite(path, tmp_path / "evil.pt2",
+                   {"data/sample_inputs/model.pt": (tmp_path / "evil.pt").read_bytes()})  # fmt: skip
+    with pytest.raises(ValueError, match=r"sample_inputs/model.pt: the pickle names 'io.open'"):
+        read_program(evil)
     assert not marker.exists()
 
 

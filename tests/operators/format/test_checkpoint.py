@@ -116,15 +116,17 @@ def test_the_smallest_encoding_is_chosen(lenet, tmp_path, sparsity, encoding):
         assert sizes[entries[name]["encoding"]] == min(sizes.values()), name
 
 
-def test_file_is_plain_safetensors_and_loading_never_unpickles(lenet, tmp_path, monkeypatch):
+@pytest.mark.parametrize("version", [2, 3])
+def test_v2_is_plain_safetensors_and_loading_never_unpickles(lenet, tmp_path, monkeypatch, version):
     cm = apply_strategy(lenet, [{"op": "prune", "sparsity": 0.9}, {"op": "quantize"}])
     path = tmp_path / "m.safetensors"
-    save(cm, path)
-    with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-        manifest = json.loads(f.metadata()["autocompress"])
-    assert {"fc1.weight.values", "fc1.bias"} <= keys
-    assert manifest["format"] == "autocompress-packed" and manifest["version"] == 2
+    save(cm, path, format_version=version)
+    if version == 2:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            manifest = json.loads(f.metadata()["autocompress"])
+        assert {"fc1.weight.values", "fc1.bias"} <= keys
+        assert manifest["format"] == "autocompress-packed" and manifest["version"] == 2
 
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used")
@@ -155,7 +157,7 @@ def test_bad_files_are_refused_with_a_clear_error(lenet, tmp_path):
         "no-manifest": None,
         "not-json": "{oops",
         "wrong-format": {"format": "other", "version": 1},
-        "future-version": {"format": "autocompress-packed", "version": 3},
+        "future-version": {"format": "autocompress-packed", "version": 4},
         "unknown-arch": {
             "format": "autocompress-packed",
             "version": 1,
@@ -174,7 +176,7 @@ def test_bad_files_are_refused_with_a_clear_error(lenet, tmp_path):
 def test_inconsistent_tensors_are_refused(lenet, tmp_path):
     cm = apply_strategy(lenet, [{"op": "prune", "sparsity": 0.95}])
     good = tmp_path / "good.safetensors"
-    save(cm, good)
+    save(cm, good, format_version=2)
     manifest = read_manifest(good)
     with safe_open(str(good), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}

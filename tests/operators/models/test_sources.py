@@ -202,15 +202,19 @@ TINY_VIT = ("hf:image-classification", {**VIT[1], "image_size": 8, "patch_size":
     [
         [{"op": "prune", "sparsity": 0.5}, {"op": "cluster", "bits": 4},
          {"op": "quantize", "dtype": "float16"}],
-        [{"op": "filter_prune", "ratio": 0.3, "criterion": "l1"}],
+        [{"op": "CHANNELS", "ratio": 0.3, "criterion": "l1"}],
     ],
-    ids=["prune+cluster+fp16", "filter_prune-l1"],
+    ids=["prune+cluster+fp16", "channels-l1"],
 )
 @pytest.mark.parametrize("model", [RESNET, TINY_VIT], ids=["timm-resnet18", "hf-vit"])
 def test_ops_run_on_timm_and_hf_models_and_the_checkpoint_reloads_through_the_source(
     tmp_path, model, steps
 ):
     architecture, config = model
+    # channel removal: conv filters of the CNN, FFN neurons of the ViT (its one conv, the
+    # patch embedding, feeds the residual stream the attention fixes)
+    channels = "filter_prune" if architecture.startswith("timm") else "neuron_prune"
+    steps = [{**s, "op": channels} if s["op"] == "CHANNELS" else s for s in steps]
     torch.manual_seed(0)
     x = torch.rand(8, 1, 8, 8)
     cm = apply_strategy(build(architecture, config).eval(), steps, example_input=x)

@@ -9,6 +9,7 @@ from operators.models.zoo import ARCHITECTURES, build_model
 DEFAULT_INPUTS = {
     "lenet-300-100": (1, 28, 28),
     "lenet-5": (1, 28, 28),
+    "lenet-5-caffe": (1, 28, 28),
     "mlp": (784,),
     "vgg-cifar": (3, 32, 32),
     "resnet-cifar": (3, 32, 32),
@@ -35,6 +36,7 @@ def test_each_architecture_builds_from_its_default_config_and_gives_logits(archi
     [
         ("lenet-300-100", {"in_features": 64, "num_classes": 4}, (1, 8, 8), 4),
         ("lenet-5", {"in_channels": 3, "image_size": 32, "num_classes": 7}, (3, 32, 32), 7),
+        ("lenet-5-caffe", {"in_channels": 3, "image_size": 32, "num_classes": 7}, (3, 32, 32), 7),
         ("mlp", {"in_features": 64, "hidden": [32, 16], "num_classes": 5}, (1, 8, 8), 5),
         ("mlp", {"in_features": 64, "hidden": []}, (64,), 10),
         ("vgg-cifar", {"in_channels": 1, "num_classes": 7, "width": 0.125}, (1, 32, 32), 7),
@@ -86,21 +88,33 @@ def test_lenet_300_100_has_the_classic_layers():
     }
 
 
-def test_lenet_5_layout():
-    model = build_model("lenet-5", {})
+LENET_5_WEIGHTS = {
+    "conv1.weight": (6, 1, 5, 5), "conv2.weight": (16, 6, 5, 5), "fc1.weight": (120, 400),
+    "fc2.weight": (84, 120), "fc3.weight": (10, 84),
+}  # fmt: skip
+CAFFE_WEIGHTS = {  # Caffe's lenet_train_test.prototxt: 431,080 parameters
+    "conv1.weight": (20, 1, 5, 5), "conv2.weight": (50, 20, 5, 5), "fc1.weight": (500, 800),
+    "fc2.weight": (10, 500),
+}  # fmt: skip
+CAFFE_LAYERS = ["Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "weights", "params", "layers"),
+    [("lenet-5", LENET_5_WEIGHTS, 61_706, None),
+     ("lenet-5-caffe", CAFFE_WEIGHTS, 431_080, CAFFE_LAYERS)],
+)  # fmt: skip
+def test_lenet_5_layouts(architecture, weights, params, layers):
+    model = build_model(architecture, {})
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if "weight" in name}
-    assert shapes == {
-        "conv1.weight": (6, 1, 5, 5),
-        "conv2.weight": (16, 6, 5, 5),
-        "fc1.weight": (120, 400),
-        "fc2.weight": (84, 120),
-        "fc3.weight": (10, 84),
-    }
+    assert shapes == weights
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert layers is None or [type(m).__name__ for m in model] == layers
 
 
 def test_unknown_architecture_lists_the_allowed_ones():
     with pytest.raises(
-        ValueError, match="unknown architecture 'resnet-9000'; allowed: lenet-300-100, lenet-5, mlp"
+        ValueError, match="unknown architecture 'resnet-9000'; allowed: lenet-300-100, lenet-5, lenet-5-caffe, mlp"
     ):
         build_model("resnet-9000", {})
 
@@ -117,6 +131,7 @@ def test_unknown_config_key_lists_the_allowed_keys():
         ("mlp", {"hidden": [8, 0]}, r"hidden\[1\]"),
         ("lenet-300-100", {"num_classes": 2.5}, "num_classes"),
         ("lenet-5", {"image_size": 8}, "image_size"),
+        ("lenet-5-caffe", {"image_size": 15}, "image_size"),
         ("mlp", [784], "config"),
     ],
 )

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from operators.train.compressors import ADMM, LearningCompression, PenaltySGD, kd_loss
+from operators.train.finetune import LC_MU_FINAL, lc_mu_mult, lc_steps, method_params
 
 
 def soft_targets_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
@@ -148,3 +149,67 @@ def test_projection_must_cover_the_same_names():
     model = nn.Linear(3, 2)
     with pytest.raises(ValueError, match="project"):
         LearningCompression(project=lambda t: {}).run(model, lambda m: 0, lambda m: 0.0)
+
+
+def test_gradient_penalty_is_condensas_step_and_lands_on_the_same_minimiser():
+    # one step by hand: Nesterov momentum on grad(loss) + c * (w - target), from zero velocity
+    target, c, lr, m = torch.zeros_like(W0), 2.0, 0.05, 0.9
+    model = Vector(W0.clone())
+    PenaltySGD(steps=1, lr=lr, momentum=m, penalty="gradient", nesterov=True).run(
+        model, quadratic(W0 * 0.5), {"w": model.w}, {"w": target}, c
+    )
+    d = (W0 - W0 * 0.5) + c * (W0 - target)  # quadratic's gradient is w - w0
+    assert torch.allclose(model.w.detach(), W0 - lr * (d + m * d))
+    # the gradient form minimises loss + c/2 ||w - target||^2, at (w0 + c target) / (1 + c);
+    # the proximal step after a momentum step weakens the penalty to c (1 - momentum)
+    for penalty, effective in (("gradient", c), ("proximal", c * (1 - m))):
+        model = Vector(W0.clone())
+        PenaltySGD(steps=400, lr=0.05, momentum=m, penalty=penalty).run(
+            model, quadratic(W0), {"w": model.w}, {"w": target}, c
+        )
+        assert torch.allclose(model.w.detach(), W0 / (1 + effective), atol=1e-4), penalty
+
+
+def test_gradient_penalty_falls_back_to_the_proximal_step_where_it_would_diverge():
+    model = Vector(W0.clone())
+    PenaltySGD(steps=50, lr=0.5, momentum=0.9, penalty="gradient").run(
+        model, quadratic(W0), {"w": model.w}, {"w": torch.zeros_like(W0)}, 1e4
+    )
+    assert torch.isfinite(model.w).all() and model.w.abs().max() < 1e-2
+
+
+def test_lc_first_l_step_has_its_own_length():
+    steps = []
+
+    def counting(m):
+        steps.append(1)
+        return quadratic(W0)(m)
+
+    LearningCompression(project=top_k(3), iterations=4, l_step=PenaltySGD(steps=5),
+                        first_l_steps=20).run(Vector(W0), counting, lambda m: 0.0)  # fmt: skip
+    assert len(steps) == 20 + 5 + 5
+
+
+def test_bad_penalty_form_is_refused():
+    with pytest.raises(ValueError, match="penalty: must be proximal or gradient"):
+        PenaltySGD(penalty="lagrange")
+
+
+def test_lc_steps_give_the_first_l_step_condensas_share_of_the_budget():
+    first, per_step = lc_steps(66_000, 30)
+    assert first == 29_700 and per_step == (66_000 - 29_700) // 28
+    assert first + 28 * per_step <= 66_000
+    assert lc_steps(500, 2) == (500, 500)  # one L-step takes everything
+    assert lc_steps(3, 10) == (1, 1)  # never an empty L-step
+
+
+def test_lc_default_mu_schedule_reaches_the_final_mu_at_the_last_iteration():
+    assert method_params("lc", {}) == {"iterations": 10, "mu_init": 1e-2, "mu_mult": None}
+    for n in (3, 10, 30):
+        lc = LearningCompression(project=top_k(3), iterations=n, mu_init=1e-2,
+                                 mu_mult=lc_mu_mult(1e-2, n))  # fmt: skip
+        assert lc.mu(n - 1) == pytest.approx(LC_MU_FINAL) and lc.mu(1) == 1e-2
+    assert lc_mu_mult(1e-2, 30) == pytest.approx(1.2, abs=0.01)  # the schedule measured best
+    assert lc_mu_mult(5.0, 10) == 1.0 and lc_mu_mult(1e-2, 2) == 1.0
+    with pytest.raises(ValueError, match="mu_mult: must be >= 1"):
+        method_params("lc", {"mu_mult": 0.5})

@@ -1,8 +1,10 @@
 """The default search space: strategies that fit the model's layers, valid as job specs."""
 
+import pytest
 import torch
 
 from operators.core.strategy import apply_strategy
+from operators.models.sources import build
 from operators.models.zoo import build_model
 from operators.train.default_space import default_search_space
 from operators.train.staged import validate_strategy
@@ -39,3 +41,29 @@ def test_every_corner_of_the_default_space_is_a_valid_strategy_that_applies():
             validate_strategy(steps)
             plain = [{k: v for k, v in s.items() if k != "schedule"} for s in steps]
             apply_strategy(model, plain, example_input=torch.zeros(4, 64))
+
+
+def test_a_transformer_gets_heads_and_neurons_and_every_corner_applies():
+    pytest.importorskip("transformers")
+    from tests.operators.ops.heads.test_heads import MODELS, tiny_model
+
+    for key in ("vit", "bert"):
+        with torch.device("meta"):
+            meta = build(*MODELS[key][0])
+        space = default_search_space(meta)
+        assert "heads+neurons+fp16" in names(space), key
+        strategy = next(s for s in space["strategies"] if s["name"] == "heads+neurons+fp16")
+        assert [s["op"] for s in strategy["steps"]] == ["head_prune", "neuron_prune", "quantize"]
+        search = SearchSpace.from_spec({"strategies": [strategy]})
+        for end in ("low", "high"):
+            values = {p.path: getattr(p, end) for p in search.strategies[0].params}
+            steps = search.materialize(Candidate("heads+neurons+fp16", values))
+            cm = apply_strategy(tiny_model(key), steps, example_input=MODELS[key][3]())
+            kept = [h["kept"] for h in cm.report[0]["heads"].values()]
+            assert kept == ([4, 4] if end == "low" else [2, 2]), (key, end)
+
+
+def test_a_model_without_attention_gets_no_head_pruning():
+    with torch.device("meta"):
+        model = build_model("resnet-cifar", {"depth": 8})
+    assert "heads+neurons+fp16" not in names(default_search_space(model))

@@ -1,0 +1,105 @@
+"""L-C at Condensa's budget, side by side with ``masked`` and ``kd`` at the same wall time.
+
+    .venv/bin/python -m bench.lc                 # LeNet-300-100, density 0.02 + fp16, ~150 s each
+    .venv/bin/python -m bench.lc --quick         # the same at ~15 s each (a smoke test, < 2 min)
+    .venv/bin/python -m bench.lc --seconds 60 --methods lc
+
+The model is the zoo's LeNet-300-100 trained on MNIST's 55k training split (Adam, cosine,
+``BASELINE_EPOCHS``; cached under ``bench/.cache``); the strategy is Condensa's ``Prune(0.02)
++ fp16``: ``prune 0.98`` then ``quantize float16``. Each method gets the same wall-time budget:
+two short calibration runs measure its seconds per epoch and fixed cost, the budget fixes its
+epochs, and the measured time of the real run is printed next to it. ``lc`` runs Condensa's recipe (30 L-C
+iterations, SGD with Nesterov momentum 0.95, lr 0.01 decaying to 1e-4 in every L-step, the
+first L-step taking 45% of the minibatches) with the project's default penalty schedule,
+faster than Condensa's (mu from 1e-2 to 1.6, about 1.2 per iteration, instead of 1e-3 times
+1.1, to 0.014: measured better here at these budgets); ``masked`` and ``kd`` run Adam (lr 1e-3, cosine). Selection (L-C's best iterate) uses the 5k validation
+split; the accuracy reported is on the 10k test split, from the packed checkpoint reloaded.
+Condensa's own figure, measured on this machine: 97.95% from 97.99% (+0.04 points) in 155 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.ops.accuracy import baseline
+from operators.core.strategy import apply_strategy
+from operators.data.datasets import Dataset, load_dataset
+from operators.format.checkpoint import load_checkpoint, save_checkpoint, save_dense_checkpoint
+from operators.metrics import evaluate
+from operators.train.finetune import finetune
+
+ARCH = "lenet-300-100"
+BASELINE_EPOCHS = 4
+STRATEGY = [{"op": "prune", "sparsity": 0.98}, {"op": "quantize", "dtype": "float16"}]
+SETTINGS = {
+    "lc": {"method": "lc", "lr": 0.01, "iterations": 30},
+    "masked": {"method": "masked", "lr": 1e-3, "schedule": "cosine"},
+    "kd": {"method": "kd", "lr": 1e-3, "schedule": "cosine"},
+}
+CALIBRATION_EPOCHS = (0.1, 0.4)
+CONDENSA = "Condensa L-C (measured here): 97.95% from 97.99%, +0.04 points, 155 s"
+
+
+def compress(base: torch.nn.Module, data: Dataset, settings: dict, epochs: float):
+    """``base`` compressed with :data:`STRATEGY` and fine-tuned: ``(cm, seconds)``."""
+    cm = apply_strategy(copy.deepcopy(base), STRATEGY, example_input=data.calibration_batch())
+    cm.teacher = base
+    start = time.perf_counter()
+    finetune(cm, data, epochs=epochs, **settings)
+    return cm, time.perf_counter() - start
+
+
+def epochs_for(base: torch.nn.Module, data: Dataset, settings: dict, seconds: float) -> float:
+    """The epochs of ``settings`` that take about ``seconds`` here: two short timed runs give
+    the seconds per epoch and the fixed cost (L-C's projections and validations)."""
+    (e1, t1), (e2, t2) = [(e, compress(base, data, settings, e)[1]) for e in CALIBRATION_EPOCHS]
+    per_epoch = max((t2 - t1) / (e2 - e1), 1e-6)
+    return max(e2, (seconds - (t1 - per_epoch * e1)) / per_epoch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=150.0, help="wall time per method")
+    parser.add_argument("--quick", action="store_true", help="15 s per method (smoke test)")
+    parser.add_argument("--methods", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
+    args = parser.parse_args()
+    seconds = 15.0 if args.quick else args.seconds
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = load_dataset("builtin:mnist")
+    base = baseline(ARCH, data, 1 if args.quick else BASELINE_EPOCHS)
+    base_acc = evaluate(base, data, split="test")["accuracy"]
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{CONDENSA}; budget here: {seconds:.0f} s per method, {args.threads} thread(s)")
+    print("| method | epochs | wall s | test accuracy | drop (points) | size bytes | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        dense = save_dense_checkpoint(base, Path(tmp) / "d.safetensors", architecture=ARCH,
+                                      config={})  # fmt: skip
+        print(f"| baseline (dense fp32) | {BASELINE_EPOCHS if not args.quick else 1} | | "
+              f"{base_acc:.4f} | 0 | {dense} | 1.0x |", flush=True)  # fmt: skip
+        for method in args.methods:
+            settings = SETTINGS[method]
+            epochs = epochs_for(base, data, settings, seconds)
+            cm, spent = compress(base, data, settings, epochs)
+            path = Path(tmp) / f"{method}.safetensors"
+            size = save_checkpoint(cm, path, architecture=ARCH, config={})
+            acc = evaluate(load_checkpoint(path)[0], data, split="test")["accuracy"]
+            print(
+                f"| {method} | {epochs:.1f} | {spent:.0f} | {acc:.4f} | "
+                f"{100 * (base_acc - acc):+.2f} | {size} | {dense / size:.1f}x |",
+                flush=True,
+            )
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

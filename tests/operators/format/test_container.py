@@ -1,0 +1,268 @@
+"""Format v3, the compact container: every module kind round-trips as in v2, in fewer bytes,
+and hostile or damaged files are refused with a ValueError before anything is allocated."""
+
+import json
+import zlib
+
+import pytest
+import torch
+from test_checkpoint import assert_bit_exact
+
+from operators.core.registry import MODULE_KINDS
+from operators.core.strategy import apply_strategy
+from operators.format import container
+from operators.format.checkpoint import (
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+    save_dense_checkpoint,
+)
+from operators.format.codecs import pack_indices, varint
+from operators.models.zoo import build_model
+
+MLP = ("mlp", {"in_features": 64, "hidden": [48, 32], "num_classes": 10}, (64,))
+LENET5 = ("lenet-5", {"image_size": 16}, (1, 16, 16))
+VGG = ("vgg-cifar", {"width": 0.125}, (3, 32, 32))
+# ((architecture, config, input shape), steps, module kinds the checkpoint must record)
+KIND_CASES = {
+    "clustered-fp16": (
+        MLP,
+        [{"op": "prune", "sparsity": 0.8}, {"op": "cluster", "bits": 3},
+         {"op": "quantize", "dtype": "float16"}],
+        {"clustered"},
+    ),
+    "mpd-int8": (
+        MLP,
+        [{"op": "mpd", "blocks": 4, "include": "fc1"},
+         {"op": "quantize", "dtype": "int8", "include": "fc2"}],
+        {"mpd_linear", "int8"},
+    ),
+    "neuron-unify": (
+        MLP,
+        [{"op": "neuron_prune", "ratio": 0.5},
+         {"op": "unify", "block": [1, 4], "unify_ratio": 0.5, "prune_ratio": 0.25,
+          "include": "fc1"}],
+        {"linear", "unified"},
+    ),
+    "lowrank": (MLP, [{"op": "lowrank", "rank": 4}], {"lowrank"}),
+    "block-bf16": (
+        MLP,
+        [{"op": "block_prune", "sparsity": 0.6, "block": [2, 4]},
+         {"op": "quantize", "dtype": "bfloat16"}],
+        set(),
+    ),
+    "filter-mpd-conv": (
+        LENET5,
+        [{"op": "filter_prune", "ratio": 0.5, "include": "conv1"},
+         {"op": "mpd", "blocks": 2, "include": "conv2"}],
+        {"conv2d", "mpd_conv2d"},
+    ),
+    "filter-batchnorm": (VGG, [{"op": "filter_prune", "ratio": 0.5}], {"conv2d", "batchnorm2d"}),
+}  # fmt: skip
+
+
+def save(cm, path, arch, version=3):
+    return save_checkpoint(
+        cm,
+        path,
+        architecture=arch[0],
+        config=arch[1],
+        metadata={"trial": 1},
+        format_version=version,
+    )
+
+
+def test_the_cases_cover_every_module_kind():
+    covered = set().union(*(kinds for _, _, kinds in KIND_CASES.values()))
+    # no zoo model has a BatchNorm1d
+    assert covered >= set(MODULE_KINDS) - {"batchnorm1d"}
+
+
+@pytest.mark.parametrize("case", KIND_CASES)
+def test_v3_round_trips_every_kind_as_v2_does_in_fewer_bytes(tmp_path, case):
+    arch, steps, kinds = KIND_CASES[case]
+    torch.manual_seed(0)
+    cm = apply_strategy(build_model(*arch[:2]), steps)
+    sizes, loaded = {}, {}
+    for version in (2, 3):
+        path = tmp_path / f"v{version}.bin"
+        sizes[version] = save(cm, path, arch, version)
+        assert sizes[version] == path.stat().st_size
+        loaded[version] = load_checkpoint(path, runtime="dense")
+    (v2, manifest2), (v3, manifest3) = loaded[2], loaded[3]
+    assert manifest3 == {**manifest2, "version": 3}
+    assert {m["kind"] for m in manifest3["modules"].values()} >= kinds
+    assert_bit_exact(v3, v2)
+    x = torch.randn(5, *arch[2])
+    packed, _ = load_checkpoint(tmp_path / "v3.bin", runtime="packed")
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), v2(x), rtol=1e-5, atol=1e-6)
+    assert sizes[3] < sizes[2]
+
+
+def test_v3_is_much_smaller_on_a_pruned_clustered_lenet_and_no_bigger_dense(lenet, tmp_path):
+    arch = ("lenet-300-100", {})
+    steps = [{"op": "prune", "sparsity": 0.98, "scope": "layer"}, {"op": "cluster", "bits": 3},
+             {"op": "quantize", "dtype": "float16"}]  # fmt: skip
+    cm = apply_strategy(lenet, steps)
+    v2, v3 = (save(cm, tmp_path / f"p{v}.bin", arch, v) for v in (2, 3))
+    assert v3 < 0.8 * v2 and v2 - v3 > 2000  # the safetensors header and JSON manifest shrink
+    dense = {
+        v: save_dense_checkpoint(
+            lenet, tmp_path / f"d{v}.bin", architecture=arch[0], config={}, format_version=v
+        )
+        for v in (2, 3)
+    }
+    assert dense[3] <= dense[2] + 8
+    assert_bit_exact(load_checkpoint(tmp_path / "d3.bin", runtime="dense")[0], lenet)
+
+
+def test_the_version_is_chosen_by_the_writer_and_detected_by_the_reader(lenet, tmp_path):
+    cm = apply_strategy(lenet, [{"op": "prune", "sparsity": 0.9}])
+    arch = ("lenet-300-100", {})
+    save_checkpoint(cm, tmp_path / "default.bin", architecture=arch[0], config={})
+    assert (tmp_path / "default.bin").read_bytes()[:5] == b"ACPK\x03"
+    assert read_manifest(tmp_path / "default.bin")["version"] == 3
+    save(cm, tmp_path / "v2.bin", arch, 2)
+    assert read_manifest(tmp_path / "v2.bin")["version"] == 2
+    with pytest.raises(ValueError, match="format_version: must be one of"):
+        save(cm, tmp_path / "v4.bin", arch, 4)
+
+
+def test_integer_streams_take_their_smallest_coding():
+    noise = bytes(
+        torch.randint(0, 256, (512,), generator=torch.Generator().manual_seed(0)).tolist()
+    )
+    skewed = bytes([0] * 900 + list(range(100)))
+    assert container._choose(skewed, "uint8")[0][0] != 0
+    assert container._choose(bytes(range(256)) * 2, "float16") == ((0, bytes(range(256)) * 2), None)
+    assert container._choose(noise, "uint8") == ((0, noise), None)  # nothing is smaller than raw
+    lz, rans = container._choose(bytes(range(256)) * 8, "uint8")
+    assert 1 <= lz[0] <= 8 and rans is None  # a repetition: Brotli's LZ wins, order 0 cannot
+    for width in range(1, 9):
+        data = noise[: 100 + width]
+        symbols = container.split_bits(data, width)
+        assert max(symbols) < 2**width
+        assert container.join_bits(symbols, width, len(data)) == data
+
+
+# -- hostile and damaged files ----------------------------------------------------------------
+
+
+@pytest.fixture
+def good(lenet, tmp_path):
+    cm = apply_strategy(lenet, [{"op": "prune", "sparsity": 0.95}, {"op": "cluster", "bits": 2}])
+    path = tmp_path / "good.bin"
+    save(cm, path, ("lenet-300-100", {}))
+    return path
+
+
+def refused(path, match="not a valid autocompress checkpoint"):
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(path)
+
+
+def framed(rest: bytes, version: int = 3) -> bytes:
+    """A v3 file's bytes around ``rest`` (everything after the CRC), with a correct CRC."""
+    return b"ACPK" + bytes([version]) + zlib.crc32(rest).to_bytes(4, "little") + rest
+
+
+def test_truncated_extended_and_corrupted_files_are_refused(good, tmp_path):
+    data = good.read_bytes()
+    bad = tmp_path / "bad.bin"
+    for cut in sorted({0, 3, 5, 8, 9, 10, 20, len(data) // 2, len(data) - 1}):
+        bad.write_bytes(data[:cut])
+        refused(bad)
+    bad.write_bytes(data + b"\0")
+    refused(bad, "CRC-32 mismatch")
+    for position in (12, len(data) // 2, len(data) - 1):  # index, blob, raw float tail
+        flipped = bytearray(data)
+        flipped[position] ^= 0x40
+        bad.write_bytes(bytes(flipped))
+        refused(bad, "CRC-32 mismatch")
+    rest = data[9:]
+    bad.write_bytes(framed(rest + b"\0"))  # a consistent CRC, but bytes the index does not list
+    refused(bad, "trailing bytes")
+    bad.write_bytes(framed(rest[:-1]))
+    refused(bad, "truncated")
+
+
+def test_bad_magic_and_versions_are_refused(good, tmp_path):
+    data = good.read_bytes()
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"ACPX" + data[4:])
+    refused(bad, "cannot read as safetensors")
+    for version in (0, 2, 4, 255):
+        bad.write_bytes(framed(data[9:], version))
+        refused(bad, f"unsupported container version {version}")
+
+
+def test_huge_declared_sizes_are_refused_before_allocation(tmp_path):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(framed(varint(30) + varint(1 << 40) + b"\0" * 30))
+    refused(bad, "index declares 1099511627776 bytes")  # a Brotli bomb as the index
+
+    head = {"architecture": "lenet-300-100", "config": {}, "input_shape": None, "modules": {},
+            "metadata": {}}  # fmt: skip
+    entries = {"fc1.weight": {"encoding": "index", "shape": [1 << 30, 1 << 20],
+                              "dtype": "float32", "nnz": 0}}  # fmt: skip
+    empty = {"fc1.weight.index": torch.zeros(0, dtype=torch.uint8),
+             "fc1.weight.values": torch.zeros(0)}  # fmt: skip
+    container.write_container(bad, {**head, "tensors": entries}, empty)
+    refused(bad, r"declares 4503599627370496 bytes of tensors")
+
+    lying = {"fc1.weight": {"encoding": "dense", "shape": [300, 784], "dtype": "float32", "nnz": 1}}
+    container.write_container(bad, {**head, "tensors": lying}, {"fc1.weight": torch.ones(10)})
+    refused(bad, "'fc1.weight' has 40 bytes, its entry says 940800")
+
+
+def test_a_v2_file_declaring_more_than_it_could_hold_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    manifest = {"format": "autocompress-packed", "version": 2, "architecture": "mlp",
+                "config": {"hidden": [1 << 20]}, "modules": {},
+                "tensors": {"fc1.weight": {"encoding": "index", "shape": [1 << 20, 1 << 20],
+                                           "dtype": "float32", "nnz": 0}}}  # fmt: skip
+    path = tmp_path / "v2.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"autocompress": json.dumps(manifest)})
+    refused(path, "declares 4398046511104 bytes of tensors")
+
+
+def one_stream_file(path, stream: torch.Tensor) -> container.Container:
+    head = {"architecture": "mlp", "config": {}, "input_shape": None, "modules": {}, "metadata": {}}
+    entry = {"encoding": "dense", "shape": [stream.numel()], "dtype": "uint8", "nnz": 0}
+    container.write_container(path, {**head, "tensors": {"s": entry}}, {"s": stream})
+    return container.Container(path)
+
+
+def damage(path, position: int) -> None:
+    """Flip a byte of ``path`` and give it a correct CRC again (damage the CRC cannot see)."""
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(framed(bytes(data[9:])))
+
+
+def test_skewed_symbol_streams_are_rans_coded_near_their_entropy(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    symbols = torch.where(
+        torch.rand(3000, generator=g) < 0.9, 0, torch.randint(0, 8, (3000,), generator=g)
+    )
+    stream = pack_indices(symbols, 3)  # 3-bit symbols, mostly 0: 1,125 bytes, entropy 247
+    path = tmp_path / "c.bin"
+    reader = one_stream_file(path, stream)
+    assert reader._streams["s"][1] == 8 + 3  # rANS over 3-bit symbols
+    assert reader._streams["s"][4] < 270 < 342  # Brotli's best width gives 342 bytes
+    assert torch.equal(reader.get_tensor("s"), stream)
+    damage(path, path.stat().st_size - 5)
+    with pytest.raises(ValueError, match="rANS"):
+        container.Container(path).get_tensor("s")
+
+
+def test_a_damaged_blob_is_refused(tmp_path):
+    path = tmp_path / "c.bin"
+    stream = torch.arange(256, dtype=torch.uint8).repeat(8)
+    reader = one_stream_file(path, stream)
+    assert 1 <= reader._streams["s"][1] <= 8 and torch.equal(reader.get_tensor("s"), stream)
+    damage(path, path.stat().st_size - 3)  # the blob is the end of this file
+    with pytest.raises(ValueError, match="stream blob"):
+        container.Container(path).get_tensor("s")
