@@ -72,6 +72,7 @@ from operators.export import export_checkpoint
 from operators.format.checkpoint import load_checkpoint, save_dense_checkpoint
 from operators.metrics import evaluate
 from operators.models.sources import build
+from operators.ops.channels.graph import channel_round_to
 from operators.train.loop import train
 from service.core.settings import Settings
 from service.demo import LocalServer
@@ -140,7 +141,10 @@ def channel_steps(bench: Bench) -> tuple[str, list[dict]]:
     """The speed job's channel-removal steps: ``filter_prune`` for a CNN; for a transformer
     ``head_prune`` (if registered) then ``neuron_prune``. Returns (name, steps)."""
     if not bench.transformer:
-        return "filters", [{"op": "filter_prune", "ratio": {"min": 0.1, "max": 0.75}}]
+        with torch.device("meta"):
+            round_to = channel_round_to(build(bench.architecture, bench.config))
+        extra = {"round_to": round_to} if round_to > 1 else {}
+        return "filters", [{"op": "filter_prune", "ratio": {"min": 0.1, "max": 0.75}, **extra}]
     neurons = {"op": "neuron_prune", "ratio": {"min": 0.2, "max": 0.8}}
     if "head_prune" not in OPS:
         return "neurons", [neurons]

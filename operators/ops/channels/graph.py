@@ -115,6 +115,20 @@ def skipped_layers(
     return skipped
 
 
+ROUND_TO = 8  # onnxruntime's and oneDNN's CPU conv kernels block channels by 8 (16 on AVX-512)
+ROUND_TO_MIN_CHANNELS = 32
+
+
+def channel_round_to(model: nn.Module) -> int:
+    """The ``round_to`` that keeps a CNN fast after filter removal: :data:`ROUND_TO` when every
+    conv layer has at least :data:`ROUND_TO_MIN_CHANNELS` filters, else 1. Measured on timm
+    resnet18 (28x28, onnxruntime, batch 64, 2 threads): 0.409 of the filters removed ran in
+    30.7 ms with odd widths (37, 75, ...), 4.7 ms with widths rounded to 8, 16.6 ms dense;
+    torch-pruning's rounding is erratic on layers of a few filters, hence the floor."""
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return ROUND_TO if widths and min(widths) >= ROUND_TO_MIN_CHANNELS else 1
+
+
 def remove_channels(
     cm: CompressedModel,
     op: Op,
@@ -122,9 +136,12 @@ def remove_channels(
     ratio: float,
     criterion: str,
     skip: dict[str, str] | None = None,
+    *,
+    round_to: int = 1,
 ) -> dict[str, list[int]]:
     """Physically remove ``ratio`` of the output channels of the selected ``types`` layers but
-    those in ``skip`` (default: :func:`skipped_layers`).
+    those in ``skip`` (default: :func:`skipped_layers`), keeping a multiple of ``round_to``
+    channels per layer (torch-pruning's ``round_to``).
 
     Returns module name -> removed output-channel indices for every module whose outputs
     shrank (the selected layers and their coupled BatchNorms, residual partners, ...).
@@ -152,6 +169,7 @@ def remove_channels(
             importance=tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2),
             pruning_ratio=ratio,
             ignored_layers=ignored,
+            round_to=round_to if round_to > 1 else None,
         )
         for group in pruner.step(interactive=True):
             for dep, idxs in group:

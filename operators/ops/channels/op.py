@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from operators.core.model import CompressedModel
-from operators.core.op import Op, check_choice, check_number
+from operators.core.op import Op, check_choice, check_int, check_number
 from operators.core.registry import register
 from operators.ops.channels.ga_select import ga_remove_channels
 from operators.ops.channels.graph import remove_channels, skipped_layers
@@ -38,12 +38,16 @@ class _ChannelPrune(Op):
     STRENGTH: ClassVar[str | None] = "ratio"
     ratio: float
     criterion: str = "l1"
+    round_to: int = 1  # kept channels a multiple of this (CPU kernels block channels by 8/16)
     LAYERS: ClassVar[tuple[type[nn.Module], ...]] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_number("ratio", self.ratio, 0.0, 1.0)
         check_choice("criterion", self.criterion, ("l1", "l2", "ga"))
+        check_int("round_to", self.round_to, 1, 256)
+        if self.round_to > 1 and self.criterion == "ga":
+            raise ValueError(f"{self.name}: round_to works with criterion l1 or l2, not ga")
 
     def staged(self, previous: float, target: float) -> _ChannelPrune:
         """Channels already removed are gone: remove the share of what is left that brings
@@ -55,7 +59,9 @@ class _ChannelPrune(Op):
         if self.criterion == "ga":
             removed = ga_remove_channels(cm, self, self.LAYERS, self.ratio, skip=skipped)
         else:
-            removed = remove_channels(cm, self, self.LAYERS, self.ratio, self.criterion, skipped)
+            removed = remove_channels(
+                cm, self, self.LAYERS, self.ratio, self.criterion, skipped, round_to=self.round_to
+            )
         return _summary(cm, removed, skipped)
 
 

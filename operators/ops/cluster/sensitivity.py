@@ -2,30 +2,24 @@
 
 Each selected layer alone is clustered at every width within :data:`SPREAD` bits of the
 requested ``bits`` (1 to 8), the other layers as they are, and scored by the KL divergence of
-the model's output distribution from the unclustered one's on at most :data:`SAMPLES`
-calibration inputs (``cm.example_input``). :func:`allocate_bits` then spends the budget of
+the model's output distribution from the unclustered one's on the calibration inputs
+(``cm.example_input``). :func:`allocate_bits` then spends the budget of
 ``bits`` per clustered value on average (a Lagrangian relaxation, then the leftover budget),
-so the mean width (weighted by the values each layer clusters) never exceeds ``bits``. Curves are
-cached by a hash of the weights, masks, inputs and widths, as for ``prune``.
+so the mean width (weighted by the values each layer clusters) never exceeds ``bits``. The
+pre-pass and its cache are :mod:`operators.core.sensitivity`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-from torch.nn import functional as F
 
 from operators.core.model import CompressedModel
-from operators.core.modes import eval_mode
+from operators.core.sensitivity import layer_curves
 from operators.ops.cluster.algorithm import cluster_tensor, decode_cluster
 
 SPREAD = 2
-SAMPLES = 128
-CACHE_SIZE = 16
-_CACHE: OrderedDict[str, dict[str, dict[int, float]]] = OrderedDict()
 
 
 def widths(bits: int) -> list[int]:
@@ -33,47 +27,21 @@ def widths(bits: int) -> list[int]:
     return list(range(max(1, bits - SPREAD), min(8, bits + SPREAD) + 1))
 
 
-@torch.no_grad()
 def bit_curves(
     cm: CompressedModel,
     layers: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]],
     bits: int,
     method: str,
 ) -> dict[str, dict[int, float]]:
-    """``{weight name: {width: KL}}``: each ``(name, weight, mask)`` clustered alone."""
-    if cm.example_input is None:
-        raise ValueError("cluster: allocate sensitivity needs calibration inputs (example_input)")
-    params = dict(cm.model.named_parameters())
-    device = params[layers[0][0]].device
-    x = cm.example_input[:SAMPLES].to(device)
-    digest = hashlib.sha256(repr((widths(bits), method, SAMPLES)).encode())
-    for name, weight, mask in layers:
-        for t in (weight, mask, x):
-            if t is not None:
-                digest.update(repr((name, t.dtype, tuple(t.shape))).encode())
-                digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    key = digest.hexdigest()
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    curves: dict[str, dict[int, float]] = {}
-    with eval_mode(cm.model):
-        reference = F.log_softmax(cm.model(x).float(), dim=-1)
-        for name, weight, mask in layers:
-            param, original = params[name], params[name].detach().clone()
-            curves[name] = {}
-            for width in widths(bits):
-                codebook, indices = cluster_tensor(weight, width, method, mask)
-                param.copy_(decode_cluster(codebook, indices, weight.shape, mask).to(param))
-                log_q = F.log_softmax(cm.model(x).float(), dim=-1)
-                curves[name][width] = float(
-                    F.kl_div(log_q, reference, log_target=True, reduction="batchmean")
-                )
-            param.copy_(original)
-    _CACHE[key] = curves
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return curves
+    """``{weight name: {width: KL}}``: each ``(name, weight, mask)`` clustered alone
+    (:func:`operators.core.sensitivity.layer_curves`)."""
+
+    def variants(name: str, weight: torch.Tensor, mask: torch.Tensor | None):
+        for width in widths(bits):
+            codebook, indices = cluster_tensor(weight, width, method, mask)
+            yield width, decode_cluster(codebook, indices, weight.shape, mask)
+
+    return layer_curves(cm, "cluster", layers, (widths(bits), method), variants)
 
 
 def _best_widths(curves: dict[str, dict[int, float]], sizes: dict[str, int], price: float):

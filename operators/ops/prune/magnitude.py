@@ -18,7 +18,7 @@ import torch
 from operators.core.model import CompressedModel
 from operators.core.op import Op, add_mask, check_choice, check_number, weight_names
 from operators.core.registry import register
-from operators.ops.prune.sensitivity import allocate_counts, count_masks, layer_curves
+from operators.ops.prune.sensitivity import allocate_counts, count_masks, sparsity_curves
 
 ALLOCATIONS = ("uniform", "sensitivity")
 
@@ -74,7 +74,7 @@ class Prune(Op):
         if self.allocate == "sensitivity":
             floors = {n: int((~cm.masks[n]).sum()) if n in cm.masks else 0 for n in names}
             budget = round(self.sparsity * sum(w.numel() for w in weights))
-            curves = layer_curves(cm, names, weights)
+            curves = sparsity_curves(cm, names, weights)
             counts = allocate_counts(curves, floors, budget)
             masks = [count_masks([w], counts[n])[0] for n, w in zip(names, weights, strict=True)]
             details["allocate"] = "sensitivity"

@@ -2,7 +2,7 @@
 
 The pre-pass scores each selected layer alone: the layer is magnitude-pruned at each sparsity
 of :data:`GRID` (the other layers as they are) and the score is the KL divergence of the
-model's output distribution from the unpruned one's, on at most :data:`SAMPLES` calibration
+model's output distribution from the unpruned one's, on the calibration
 inputs (``cm.example_input``: the workers pass training samples; no labels are needed), as
 TensorRT Model Optimizer and AIMET do. Each layer thus gets a curve: weights removed against
 the damage done.
@@ -21,28 +21,21 @@ magnitude threshold): LeNet-5 at 0.95 lost 1.37 points where uniform lost 1.76, 
 against 2.37. One layer at a time, the curves miss how damage compounds at high sparsity,
 so ``uniform`` stays the default.
 
-Curves are cached by a hash of the layers' weights, the calibration inputs and the grid
-(:data:`CACHE_SIZE` entries per process), so the trials of one job, which start from the same
-weights, run the pre-pass once.
+The pre-pass and its cache (the trials of one job, which start from the same weights, run it
+once) are :mod:`operators.core.sensitivity`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-from torch.nn import functional as F
 
 from operators.core.model import CompressedModel
-from operators.core.modes import eval_mode
+from operators.core.sensitivity import layer_curves
 
 GRID: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
-SAMPLES = 128
-CACHE_SIZE = 16
 Curve = list[tuple[int, float]]  # (weights removed, score), increasing in the count
-_CACHE: OrderedDict[str, dict[str, Curve]] = OrderedDict()
 
 
 def count_masks(tensors: Sequence[torch.Tensor], n_prune: int) -> list[torch.Tensor]:
@@ -61,51 +54,21 @@ def count_masks(tensors: Sequence[torch.Tensor], n_prune: int) -> list[torch.Ten
     ]
 
 
-def _key(names: Sequence[str], weights: Sequence[torch.Tensor], x: torch.Tensor) -> str:
-    digest = hashlib.sha256(repr((list(names), GRID, SAMPLES)).encode())
-    for t in (*weights, x):
-        digest.update(repr((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
-    log_p = F.log_softmax(reference.float(), dim=-1)
-    log_q = F.log_softmax(logits.float(), dim=-1)
-    return float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean"))
-
-
-@torch.no_grad()
-def layer_curves(
+def sparsity_curves(
     cm: CompressedModel, names: Sequence[str], weights: Sequence[torch.Tensor]
 ) -> dict[str, Curve]:
     """Each layer's curve: ``(weights removed, KL from the model as it is)`` at every :data:`GRID`
-    sparsity, that layer alone pruned (by magnitude) on the calibration inputs. Cached."""
-    if cm.example_input is None:
-        raise ValueError("prune: allocate sensitivity needs calibration inputs (example_input)")
-    params = dict(cm.model.named_parameters())
-    device = params[names[0]].device
-    x = cm.example_input[:SAMPLES].to(device)
-    key = _key(names, weights, x)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    curves: dict[str, Curve] = {}
-    with eval_mode(cm.model):
-        reference = cm.model(x)
-        for name, weight in zip(names, weights, strict=True):
-            param, original = params[name], params[name].detach().clone()
-            curve: Curve = []
-            for sparsity in GRID:
-                count = round(sparsity * weight.numel())
-                param.copy_(weight.to(param) * count_masks([weight], count)[0].to(device))
-                curve.append((count, _kl(reference, cm.model(x))))
-            param.copy_(original)
-            curves[name] = curve
-    _CACHE[key] = curves
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return curves
+    sparsity, that layer alone pruned (by magnitude) on the calibration inputs
+    (:func:`operators.core.sensitivity.layer_curves`, cached)."""
+
+    def variants(name: str, weight: torch.Tensor, mask: torch.Tensor | None):
+        for sparsity in GRID:
+            count = round(sparsity * weight.numel())
+            yield count, weight * count_masks([weight], count)[0]
+
+    layers = [(n, w, None) for n, w in zip(names, weights, strict=True)]
+    curves = layer_curves(cm, "prune", layers, GRID, variants)
+    return {name: sorted(curve.items()) for name, curve in curves.items()}
 
 
 def _lower_hull(points: list[tuple[int, float]]) -> list[tuple[int, float]]:

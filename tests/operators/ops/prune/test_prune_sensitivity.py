@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from operators.core import sensitivity as core_sensitivity
 from operators.core.strategy import apply_strategy
 from operators.ops.prune import sensitivity
 from operators.ops.prune.sensitivity import allocate_counts
@@ -83,7 +84,7 @@ def test_the_pre_pass_runs_once_per_weights_and_inputs(trained_mlp, digits):
         model.register_forward_hook(lambda *_: calls.append(1))
         return model
 
-    sensitivity._CACHE.clear()
+    core_sensitivity._CACHE.clear()
     first = prune(counted(trained_mlp), 0.9, x, allocate="sensitivity")
     assert len(calls) == 1 + len(WEIGHTS) * len(sensitivity.GRID)
     calls.clear()
