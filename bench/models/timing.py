@@ -56,12 +56,16 @@ def torch_runner(model: nn.Module, x: torch.Tensor) -> Runner:
 
 def onnx_session(path: Path, threads: int):
     """An onnxruntime CPU session of the file at ``path`` with ``threads`` intra-op threads
-    (one inter-op thread), all graph optimisations on."""
+    (one inter-op thread), all graph optimisations on, and no spinning: by default an
+    onnxruntime thread pool spin-waits after each run, and on two cores the spinning threads
+    of one session slowed the session timed next to it by up to 3x (the compressed ONNX,
+    timed right after the dense one, came out slower than the identical-shaped dense graph)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
