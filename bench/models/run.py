@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.embedded import embedded_api
 from bench.models.timing import alternate, onnx_runner, onnx_session, torch_runner
 from client import ApiError, Client
 from operators.core.registry import OPS
@@ -74,8 +75,6 @@ from operators.metrics import evaluate
 from operators.models.sources import build
 from operators.ops.channels.graph import channel_round_to
 from operators.train.loop import train
-from service.core.settings import Settings
-from service.demo import LocalServer
 
 log = logging.getLogger("bench.models")
 CACHE = Path(__file__).resolve().parents[1] / ".cache"
@@ -460,10 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        settings = Settings(home=folder / "home", database_url="", broker_url="",
-                            artifact_root=folder / "artifacts", data_roots=[folder / "data"])  # fmt: skip
-        settings.ensure_dirs()
-        with LocalServer(settings, 0) as server, Client(server.url, api_key="", timeout=600) as api:
+        with embedded_api(folder) as (server, api):
             dataset = (
                 upload_subset(api, data, folder) if args.dataset == "subset" else "builtin:mnist"
             )

@@ -30,11 +30,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from client import Client
+from bench.embedded import embedded_api
 from operators import build_model, evaluate, load_checkpoint, load_dataset, train
 from operators.metrics import held_out_metrics
-from service.core.settings import Settings
-from service.demo import LocalServer
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache"
 
@@ -82,10 +80,7 @@ def main() -> None:
     mnist = load_dataset("builtin:mnist")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        settings = Settings(home=folder / "home", database_url="", broker_url="",
-                            artifact_root=folder / "artifacts", data_roots=[folder / "data"])  # fmt: skip
-        settings.ensure_dirs()
-        with LocalServer(settings, 0) as server, Client(server.url, api_key="", timeout=600) as api:
+        with embedded_api(folder) as (_, api):
             model = api.register_model(weights, args.model, {})
             started = time.perf_counter()
             job = api.submit(job_spec(model["id"], args))
