@@ -92,9 +92,16 @@ def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _fidelity_cells(trial: dict[str, Any]) -> list[str]:
+    """The trial's `fidelity` (the share of its strategy's fine-tuning it has had), `rung` and
+    `parent` (the trial it continues or starts from; "-" for none)."""
+    return [_fmt(trial.get("fidelity")), _fmt(trial.get("rung")), _fmt(trial.get("parent"))]
+
+
 def _trials_table(trials: list[dict[str, Any]], title: str) -> Table:
     names = ("accuracy", "accuracy_drop", "size_bytes", "compression_ratio", "latency_ms")
-    table = Table("trial", "#", "state", "strategy", "params", *names, "feasible", title=title)
+    table = Table("trial", "#", "state", "fidelity", "rung", "parent", "strategy", "params",
+                  *names, "feasible", title=title)  # fmt: skip
     for t in trials:
         metrics = t.get("metrics") or {}
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in (t.get("params") or {}).items())
@@ -102,7 +109,7 @@ def _trials_table(trials: list[dict[str, Any]], title: str) -> Table:
         if state == "running" and t.get("stage"):
             state = f"running ({t['stage']}, epoch {_fmt(t.get('epoch'))})"
         table.add_row(
-            str(t["id"]), str(t["number"]), state, t["strategy"], params,
+            str(t["id"]), str(t["number"]), state, *_fidelity_cells(t), t["strategy"], params,
             *(_fmt(metrics.get(n)) for n in names), _fmt(t.get("feasible")),
         )  # fmt: skip
     return table

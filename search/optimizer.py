@@ -166,6 +166,12 @@ class SearchSettings:
     #: are at least ``stop_min_trials`` full-fidelity observations (single objective, "bo").
     stop_below_noise: bool = True
     stop_min_trials: int = 10
+    #: For a noiseless objective (``compression_ratio``, ``size_bytes``: nothing to be
+    #: below), the convergence rule's threshold instead: this fraction of the best value.
+    #: Smaller than ``min_relative_change`` on purpose: a search still climbing a few percent
+    #: per trial (its expected improvement, times the chance of feasibility, a few percent
+    #: of the best) has not converged, though each step is too small to skip a point for.
+    stop_relative_gain: float = 0.01
 
     def __post_init__(self) -> None:
         n = self.validation_samples
@@ -236,6 +242,7 @@ SPEC_FIELDS: dict[str, tuple[type, float, float]] = {
     "min_relative_change": (float, 0.0, 1.0),
     "stop_below_noise": (bool, 0, 1),
     "stop_min_trials": (int, 2, 10_000),
+    "stop_relative_gain": (float, 0.0, 1.0),
 }
 
 
@@ -344,8 +351,10 @@ def predicted_gain(
     every constraint holds) over the model's candidates, the unit grid in 1-D, else
     ``4 * raw_samples`` scrambled Sobol points and the trials; the incumbent is the best
     posterior mean of the trials observed feasible (as for ``LogCEI``). The noise is the
-    objective's resolution (the module docstring). Both are computed in modelled units
-    and brought back by the warp's slope at the incumbent.
+    objective's resolution (the module docstring) for a noisy objective; a noiseless one
+    (``"exact"``) has none, and gets ``stop_relative_gain`` of the incumbent's value
+    instead. Both are computed in modelled units and brought back by the warp's slope at
+    the incumbent.
     """
     if objective.kind != "single" or space.dim == 0:
         return None
@@ -367,9 +376,12 @@ def predicted_gain(
     except Exception:  # noqa: BLE001 - no model, no prediction: the rule does not apply
         return None
     warp = fitted.warps[0]
-    slope = float(warp.derivative(warp.untransform(torch.tensor(incumbent))).abs())
+    value = warp.untransform(torch.tensor(incumbent))
+    slope = float(warp.derivative(value).abs())
     if not math.isfinite(slope) or slope <= 0:
         return None
+    if noise_kind(fitted.names[0]) == "exact":
+        return math.exp(log_gain) / slope, settings.stop_relative_gain * abs(float(value))
     return math.exp(log_gain) / slope, float(fitted.resolution[0]) / slope
 
 

@@ -13,9 +13,12 @@ given its search space and settings) when the search has converged below the noi
   ``stop_min_trials`` full-fidelity trials): the best predicted gain of the objective
   (:func:`.optimizer.predicted_gain`: the largest constrained expected improvement over the
   model's candidates) is below the objective's measurement noise (its ``noise_sigmas``
-  standard errors, or ``min_relative_change`` of its value for a noiseless metric such as
-  ``compression_ratio``): ``"converged: the best predicted gain of compression_ratio (0.21)
-  is below its measurement noise (0.38)"``.
+  standard errors: ``"converged: the best predicted gain of accuracy (0.0008) is below its
+  measurement noise (0.0012)"``), or for a noiseless objective such as
+  ``compression_ratio`` below ``stop_relative_gain`` (1%) of its best value:
+  ``"converged: the best predicted gain of compression_ratio (0.21) is below 1% of its best
+  (38.2)"``. (The noisy constraints are in the gain already: it is the expected improvement
+  times the probability that they hold.)
 
 Only full-fidelity observations (``fidelity >= 1``) count for patience and convergence; the
 trial budget counts every trial.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .noise import noise_kind
 from .objective import Objective
 from .observation import Observation, is_full_fidelity
 from .optimizer import DEFAULT_SETTINGS, SearchSettings, predicted_gain
@@ -120,9 +124,16 @@ def _converged(
     if answer is None or not answer[0] < answer[1]:
         return None
     gain, noise = answer
+    name = objective.metric_names[0]
+    if noise_kind(name) == "exact":
+        relative = settings.stop_relative_gain
+        return (
+            f"converged: the best predicted gain of {name} ({gain:.3g}) is below "
+            f"{100 * relative:g}% of its best ({noise / relative:.3g})"
+        )
     return (
-        f"converged: the best predicted gain of {objective.metric_names[0]} ({gain:.3g}) is "
-        f"below its measurement noise ({noise:.3g})"
+        f"converged: the best predicted gain of {name} ({gain:.3g}) is below its measurement "
+        f"noise ({noise:.3g})"
     )
 
 

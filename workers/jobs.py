@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from operators import Cancelled
 from search import Candidate, Objective, Observation, SearchSettings, SearchSpace, propose
 from search.stopping import stop_reason
 from service.core import repository
+from service.core.budget import Rungs, epochs_spent
 from service.core.datasets import resolve_reference
 from service.core.db import (
     ACTIVE_TRIAL_STATES,
@@ -82,17 +83,9 @@ def _budget_spent(job: Job, trials: list[Trial], now: datetime) -> str | None:
     if minutes and started is not None and (now - started).total_seconds() >= 60.0 * minutes:
         return f"time budget spent ({minutes:g} minutes)"
     max_epochs = budget.get("max_epochs")
-    if max_epochs and _epochs_spent(trials) >= max_epochs:
+    if max_epochs and epochs_spent(trials) >= max_epochs:
         return f"epoch budget spent ({max_epochs:g} epochs)"
     return None
-
-
-def _epochs_spent(trials: list[Trial]) -> float:
-    """Fine-tuning epochs of the job's trials, run or under way (a cancelled one's count no
-    more than what it had done)."""
-    return sum(
-        (t.epochs or 0.0) * (t.progress if t.state == "cancelled" else 1.0) for t in trials
-    )
 
 
 def _search_settings(job: Job) -> SearchSettings:
@@ -135,30 +128,6 @@ def _history(trials: list[Trial]) -> tuple[list[Observation], list[Candidate]]:
 
 
 # --- multi-fidelity rungs and warm starts -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rungs:
-    """Successive halving (``budget.rungs``): rung k fine-tunes ``fractions[k]`` of a trial's
-    epochs; of every ``eta`` trials finished at a rung, the best is continued at the next."""
-
-    fractions: tuple[float, ...]
-    eta: int
-
-    @classmethod
-    def of(cls, job: Job) -> Rungs:
-        spec = job.spec["budget"].get("rungs")
-        if not spec:
-            return cls((1.0,), 1)
-        fraction, eta, fractions = float(spec["min_fraction"]), int(spec["eta"]), []
-        while fraction < 1.0 - 1e-9:
-            fractions.append(fraction)
-            fraction *= eta
-        return cls((*fractions, 1.0), eta)
-
-    @property
-    def top(self) -> int:
-        return len(self.fractions) - 1
 
 
 def _full_epochs(job: Job, steps: list[dict[str, Any]]) -> float:

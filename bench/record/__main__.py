@@ -14,7 +14,8 @@ through the real HTTP API, within a wall-time budget; judged on the test split.
    ``budget.max_minutes`` = ``--minutes`` (``max_trials`` 1000), one trial at a time.
 3. The job's best checkpoint is downloaded; its size is the file's bytes; its test accuracy
    is measured here on the 10,000 t10k images the search never saw, and compared with the
-   baseline's. Printed as JSON and written to ``--out``.
+   baseline's. Printed as JSON and written to ``--out``, with each trial's finish time and
+   ``best_found_s``, the seconds from the job's start to the best trial's finish.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,11 @@ def baseline(model_name: str, epochs: float, seed: int) -> Path:
           seed=seed, schedule="cosine")  # fmt: skip
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def _time(stamp: str | None) -> float | None:
+    """Seconds since the epoch of an API timestamp (ISO 8601), None for None."""
+    return datetime.fromisoformat(stamp).timestamp() if stamp else None
 
 
 def job_spec(model_id: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -113,9 +120,15 @@ def main() -> None:
                     "test_drop": round(base_test["test_accuracy"] - test["test_accuracy"], 4),
                     "validation_accuracy_recheck": evaluate(packed, mnist)["accuracy"],
                 }  # fmt: skip
+            started_at = _time(job.get("started_at"))
+            result["best_found_s"] = (
+                round(_time(best["finished_at"]) - started_at, 1) if best and started_at else None
+            )
             result["trials_table"] = [
                 {"n": t["number"], "state": t["state"], "strategy": t.get("strategy"),
-                 "params": t.get("params"),
+                 "params": t.get("params"), "epochs": t.get("epochs"),
+                 "finished_s": round(_time(t["finished_at"]) - started_at, 1)
+                 if t.get("finished_at") and started_at else None,
                  "ratio": (t.get("metrics") or {}).get("compression_ratio"),
                  "drop": (t.get("metrics") or {}).get("accuracy_drop"),
                  "test_drop": (t.get("metrics") or {}).get("test_accuracy_drop")}

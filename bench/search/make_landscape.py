@@ -11,6 +11,15 @@ with :func:`operators.checkpoint.save_checkpoint` and evaluated. Takes about 10-
 two CPU cores; the benchmark itself only reads the JSON. Run::
 
     .venv/bin/python -m bench.search.make_landscape
+
+``--staged`` instead writes ``bench/search/data/lenet300_mnist_staged.json``: the default
+space's ``deep-compression`` strategy (prune in 3 cubic stages, cluster to ``B`` bits, float16)
+run with :func:`operators.run_strategy` from bench/record's cached baseline, on a grid of
+sparsity x bits; per point the validation accuracy, the checkpoint's bytes and the measured
+wall seconds of the whole evaluation (apply, fine-tune, save, evaluate). Sparsities are run
+coarse to fine, so a run cut short still covers the whole range. ::
+
+    .venv/bin/python -m bench.search.make_landscape --staged
 """
 
 from __future__ import annotations
@@ -33,8 +42,13 @@ from operators.metrics import evaluate
 from operators.models.zoo import build_model
 from operators.train.finetune import finetune
 from operators.train.loop import train
+from operators.train.staged import run_strategy
 
 DATA = Path(__file__).parent / "data" / "lenet300_mnist.json"
+STAGED_DATA = Path(__file__).parent / "data" / "lenet300_mnist_staged.json"
+STAGED_SPARSITIES = [0.8, 0.99, 0.9, 0.95, 0.97, 0.85, 0.93, 0.96, 0.98]  # coarse to fine
+STAGED_BITS = [2, 3, 4, 5]
+STAGED_FINETUNE = {"method": "masked", "epochs": 1, "lr": 1e-3, "batch_size": 128}
 ARCHITECTURE, CONFIG = "lenet-300-100", {}
 GLOBAL_SPARSITIES = [
     0.5,
@@ -86,14 +100,64 @@ def _point(model, dataset, steps, epochs, seed) -> CompressedModel:
     return cm
 
 
+def staged_steps(sparsity: float, bits: int) -> list[dict]:
+    """The default space's ``deep-compression`` strategy at one point."""
+    return [
+        {"op": "prune", "sparsity": sparsity, "schedule": {"stages": 3, "ramp": "cubic"}},
+        {"op": "cluster", "bits": bits},
+        {"op": "quantize", "dtype": "float16"},
+    ]
+
+
+def staged(out: Path) -> None:
+    """Measure the staged ``deep-compression`` landscape (see the module docstring)."""
+    from safetensors.torch import load_file
+
+    from bench.record.__main__ import baseline
+
+    dataset = load_dataset("builtin:mnist")
+    start = time.perf_counter()
+    model = build_model(ARCHITECTURE, CONFIG)
+    model.load_state_dict(load_file(str(baseline(ARCHITECTURE, 6.0, 0))))
+    result: dict = {
+        "model": ARCHITECTURE,
+        "dataset": "builtin:mnist",
+        "baseline_source": "bench.record baseline(lenet-300-100, epochs=6.0, seed=0)",
+        "finetune": STAGED_FINETUNE,
+        "threads": torch.get_num_threads(),
+        "points": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        size = save_dense_checkpoint(
+            model, folder / "dense.safetensors", architecture=ARCHITECTURE, config=CONFIG
+        )
+        result["baseline"] = {**evaluate(model, dataset), "size_bytes": size}
+        print("baseline", result["baseline"], f"{time.perf_counter() - start:.0f}s", flush=True)
+        for s, bits in itertools.product(STAGED_SPARSITIES, STAGED_BITS):
+            began = time.perf_counter()
+            cm = run_strategy(model, staged_steps(s, bits), dataset, STAGED_FINETUNE, seed=0)
+            row = {"sparsity": s, "bits": bits, **_measure(cm, dataset, folder, "s")}
+            row["eval_seconds"] = time.perf_counter() - began
+            result["points"].append(row)
+            print("staged", row, f"{time.perf_counter() - start:.0f}s", flush=True)
+            out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-epochs", type=float, default=8)
     parser.add_argument("--finetune-epochs", type=float, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--staged", action="store_true", help="the staged landscape instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.staged:
+        staged(args.out or STAGED_DATA)
+        return
+    args.out = args.out or DATA
     torch.manual_seed(0)
     dataset = load_dataset("builtin:mnist")
     model = build_model(ARCHITECTURE, CONFIG)

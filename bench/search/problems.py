@@ -8,8 +8,13 @@
 * ``lenet-4p``: the per-layer sparsities of fc1, fc2, fc3 and float32 or float16 storage (two
   strategies); Pareto front of accuracy and size, ``accuracy_drop <= 0.02``; trilinear
   interpolation of measured points.
+* ``lenet-staged``: the default space's ``deep-compression`` strategy (prune in 3 cubic
+  stages, cluster to 2-5 bits, float16); maximise the compression ratio subject to
+  ``accuracy_drop <= 0.01`` at an equal simulated wall-time budget; metrics and the measured
+  evaluation seconds interpolated linearly in sparsity (log size) at each measured bit width.
 
-The LeNet landscapes come from ``data/lenet300_mnist.json`` (see :mod:`.make_landscape`).
+The LeNet landscapes come from ``data/lenet300_mnist.json`` and
+``data/lenet300_mnist_staged.json`` (see :mod:`.make_landscape`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,23 @@ from scipy.interpolate import RegularGridInterpolator
 from search import Candidate, Objective, SearchSpace, hypervolume
 
 DATA = Path(__file__).parent / "data" / "lenet300_mnist.json"
+STAGED_DATA = Path(__file__).parent / "data" / "lenet300_mnist_staged.json"
+STAGED_SPACE = {
+    "strategies": [
+        {
+            "name": "deep-compression",
+            "steps": [
+                {
+                    "op": "prune",
+                    "sparsity": {"min": 0.8, "max": 0.99},
+                    "schedule": {"stages": 3, "ramp": "cubic"},
+                },
+                {"op": "cluster", "bits": {"min": 2, "max": 5, "type": "int"}},
+                {"op": "quantize", "dtype": "float16"},
+            ],
+        }
+    ]
+}
 Metrics = dict[str, float]
 
 
@@ -35,7 +57,9 @@ Metrics = dict[str, float]
 class Problem:
     """``evaluate`` maps a candidate to its metrics; ``target`` is what the score measures:
     for ``kind="reach"`` the best feasible value of ``param`` (within ``tolerance``), for
-    ``kind="hypervolume"`` the reference point and the best known hypervolume."""
+    ``kind="hypervolume"`` the reference point and the best known hypervolume; for
+    ``kind="walltime"`` (metrics include ``eval_seconds``) the best feasible ``compression_ratio``
+    once ``wall_seconds`` of simulated wall time are spent, ``budget`` capping the trials."""
 
     name: str
     space: SearchSpace
@@ -48,6 +72,7 @@ class Problem:
     tolerance: float = 0.01
     reference: dict[str, float] = field(default_factory=dict)
     best_hypervolume: float = math.nan
+    wall_seconds: float = math.nan
 
     def reached(self, candidate: Candidate, metrics: Metrics) -> bool:
         """Whether a ``reach`` problem's evaluation is feasible and close enough to the target."""
@@ -141,7 +166,6 @@ def lenet_1d() -> Problem:
     rows = data["global"]
     s = np.array([r["sparsity"] for r in rows])
     accuracy = np.array([r["accuracy"] for r in rows])
-    log_size = np.log([r["size_bytes"] for r in rows])
     base = data["baseline"]
     space = _range_space("prune", {"prune.sparsity": (float(s.min()), float(s.max()))})
     objective = Objective.from_spec(
@@ -149,15 +173,7 @@ def lenet_1d() -> Problem:
     )
 
     def evaluate(c: Candidate) -> Metrics:
-        x = c.params["0.sparsity"]
-        acc = float(np.interp(x, s, accuracy))
-        size = float(np.exp(np.interp(x, s, log_size)))
-        return {
-            "accuracy": acc,
-            "accuracy_drop": base["accuracy"] - acc,
-            "size_bytes": size,
-            "compression_ratio": base["size_bytes"] / size,
-        }
+        return _interp_metrics(base, rows, c.params["0.sparsity"])
 
     fine = np.linspace(s.min(), s.max(), 100_001)
     feasible = [x for x in fine if base["accuracy"] - np.interp(x, s, accuracy) <= 0.01]
@@ -232,9 +248,65 @@ def lenet_4p() -> Problem:
     return problem
 
 
+def _interp_metrics(base: Metrics, rows: list[dict], x: float) -> Metrics:
+    """Metrics at sparsity ``x`` by linear interpolation of ``rows`` (sorted by sparsity; log
+    size; ``eval_seconds`` too where measured); ``x`` outside the measured range is an error,
+    not an extrapolation."""
+    s = [r["sparsity"] for r in rows]
+    if not s[0] - 1e-12 <= x <= s[-1] + 1e-12:
+        raise ValueError(f"sparsity {x} outside the measured {s[0]}-{s[-1]}")
+    acc = float(np.interp(x, s, [r["accuracy"] for r in rows]))
+    size = float(np.exp(np.interp(x, s, np.log([r["size_bytes"] for r in rows]))))
+    metrics = {
+        "accuracy": acc,
+        "accuracy_drop": base["accuracy"] - acc,
+        "size_bytes": size,
+        "compression_ratio": base["size_bytes"] / size,
+    }
+    if "eval_seconds" in rows[0]:
+        metrics["eval_seconds"] = float(np.interp(x, s, [r["eval_seconds"] for r in rows]))
+    return metrics
+
+
+def lenet_staged(path: Path = STAGED_DATA, wall_seconds: float = 600.0) -> Problem:
+    data = json.loads(path.read_text())
+    base = data["baseline"]
+    by_bits: dict[int, list[dict]] = {}
+    for r in sorted(data["points"], key=lambda r: r["sparsity"]):
+        by_bits.setdefault(r["bits"], []).append(r)
+    space = SearchSpace.from_spec(STAGED_SPACE)
+    low, high = space.strategies[0].params[0].low, space.strategies[0].params[0].high
+    missing = [b for b in range(2, 6) if b not in by_bits]
+    uncovered = [
+        b for b, rows in by_bits.items() if rows[0]["sparsity"] > low or rows[-1]["sparsity"] < high
+    ]
+    if missing or uncovered:
+        raise ValueError(
+            f"staged landscape lacks bits {missing} or covers too little at {uncovered}"
+        )
+    objective = Objective.from_spec(
+        {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.01}]}
+    )
+
+    def evaluate(c: Candidate) -> Metrics:
+        return _interp_metrics(base, by_bits[int(c.params["1.bits"])], c.params["0.sparsity"])
+
+    fine = np.linspace(low, high, 2001)
+    best = max(
+        (m["compression_ratio"] for b in by_bits for x in fine
+         if objective.is_feasible(m := _interp_metrics(base, by_bits[b], float(x)))),
+        default=0.0,
+    )  # fmt: skip
+    problem = Problem("lenet-staged", space, objective, evaluate, "walltime", 1000)
+    problem.wall_seconds = wall_seconds
+    problem.target = best  # the best feasible ratio on the interpolated landscape
+    return problem
+
+
 PROBLEMS: dict[str, Callable[[], Problem]] = {
     "toy-1d": toy_1d,
     "toy-pareto": toy_pareto,
     "lenet-1d": lenet_1d,
     "lenet-4p": lenet_4p,
+    "lenet-staged": lenet_staged,
 }

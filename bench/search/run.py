@@ -3,10 +3,17 @@
 Every method gets the same budget on each problem, 10 seeds; the table gives the median and
 the spread (min-max) of the score: evaluations to reach the target (``reach`` problems; a
 run that never reaches it counts as budget + 1) or the feasible hypervolume after the budget
-as a fraction of the best known one (``hypervolume`` problems). ::
+as a fraction of the best known one (``hypervolume`` problems).
+
+``walltime`` problems (``lenet-staged``) give every method the same simulated wall-clock
+budget instead: each trial costs the landscape's measured evaluation seconds at that point
+(interpolated) plus the method's own ask time, measured in this run; the score is the best
+feasible compression ratio among the trials that finished within the budget. ::
 
     .venv/bin/python -m bench.search.run                 # every problem, all methods
     .venv/bin/python -m bench.search.run --problems lenet-4p --methods ours,tpe --seeds 3
+    .venv/bin/python -m bench.search.run --problems lenet-staged --methods ours,tpe,random \
+        --seeds 5 --out bench/search/results_staged.json
 
 Optuna is a benchmark-only dependency (``pip install -e '.[bench]'``).
 """
@@ -14,8 +21,10 @@ Optuna is a benchmark-only dependency (``pip install -e '.[bench]'``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import os
 import statistics
 import time
 import warnings
@@ -142,6 +151,60 @@ METHODS: dict[str, Method] = {
 }
 
 
+class BudgetSpent(Exception):
+    """The simulated wall-clock budget ran out; the run stops."""
+
+
+class WallClock:
+    """A simulated wall clock for one run: the measured time the method spends between
+    evaluations (its ask time, real, in this process) plus each evaluation's ``eval_seconds``
+    (the landscape's measured seconds). Only trials that finish within the budget count."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.spent = 0.0
+        self.ask_seconds = 0.0
+        self.history: list[tuple[Candidate, dict[str, float]]] = []
+        self._mark = time.perf_counter()
+
+    def evaluate(self, candidate: Candidate, asked: float | None = None) -> dict[str, float]:
+        """Charge the time since the last evaluation ended (or ``asked``), then the point's
+        evaluation seconds; :class:`BudgetSpent` if the trial would end past the budget."""
+        if asked is None:
+            asked = time.perf_counter() - self._mark
+        self.ask_seconds += asked
+        metrics = self.problem.evaluate(candidate)
+        self.spent += asked + metrics["eval_seconds"]
+        if self.spent > self.problem.wall_seconds:
+            raise BudgetSpent
+        self.history.append((candidate, metrics))
+        self._mark = time.perf_counter()
+        return metrics
+
+
+def timed_run(problem: Problem, method: Method, seed: int) -> WallClock:
+    """Run ``method`` on ``problem`` against a :class:`WallClock`; candidates a method returns
+    without evaluating them itself (random, Sobol, grid: ``budget`` points drawn up front) go
+    through the clock afterwards, each charged an equal share of the measured drawing time."""
+    clock = WallClock(problem)
+    start = time.perf_counter()
+    try:
+        candidates = method(dataclasses.replace(problem, evaluate=clock.evaluate), seed)
+        rest = candidates[len(clock.history) :]
+        share = (time.perf_counter() - start) / max(1, len(rest)) if not clock.history else None
+        for candidate in rest:
+            clock.evaluate(candidate, share)
+    except BudgetSpent:
+        pass
+    return clock
+
+
+def best_feasible_ratio(problem: Problem, clock: WallClock) -> float:
+    """The best feasible ``compression_ratio`` of the finished trials (0 if none)."""
+    feasible = [m for _, m in clock.history if problem.objective.is_feasible(m)]
+    return max((m["compression_ratio"] for m in feasible), default=0.0)
+
+
 def score(problem: Problem, candidates: list[Candidate]) -> float:
     """Evaluations to reach the target (budget + 1 if never), or hypervolume / best known."""
     metrics = [problem.evaluate(c) for c in candidates]
@@ -160,6 +223,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("bench/search/results.json"))
     parser.add_argument("--markdown", action="store_true", help="print the tables and exit")
+    parser.add_argument(
+        "--wall-minutes", type=float, default=10.0, help="walltime problems' simulated budget"
+    )
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
@@ -167,29 +233,43 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for problem_name in args.problems.split(","):
         problem = PROBLEMS[problem_name]()
+        key = problem_name
+        if problem.kind == "walltime":
+            problem.wall_seconds = 60 * args.wall_minutes
+            key = f"{problem_name} ({args.wall_minutes:g} min)"
         for method_name in args.methods.split(","):
             if method_name == "two-phase" and problem.kind != "reach":
                 continue
             start = time.perf_counter()
-            scores = [
-                score(problem, METHODS[method_name](problem, seed)) for seed in range(args.seeds)
-            ]
-            entry = {
-                "kind": problem.kind,
+            entry: dict = {"kind": problem.kind}
+            if problem.kind == "walltime":
+                clocks = [timed_run(problem, METHODS[method_name], s) for s in range(args.seeds)]
+                scores = [best_feasible_ratio(problem, clock) for clock in clocks]
+                entry["wall_seconds"] = problem.wall_seconds
+                entry["landscape_best"] = problem.target
+                entry["trials"] = [len(clock.history) for clock in clocks]
+                entry["ask_seconds"] = [round(clock.ask_seconds, 2) for clock in clocks]
+            else:
+                method = METHODS[method_name]
+                scores = [score(problem, method(problem, seed)) for seed in range(args.seeds)]
+            entry |= {
                 "scores": scores,
                 "median": statistics.median(scores),
                 "min": min(scores),
                 "max": max(scores),
                 "seconds": time.perf_counter() - start,
             }
-            results.setdefault(problem_name, {})[method_name] = entry
+            if problem.kind == "walltime":
+                entry["load_average"] = list(os.getloadavg())
+            results.setdefault(key, {})[method_name] = entry
             args.out.write_text(json.dumps(results, indent=1))
-            print(problem_name, method_name, entry, flush=True)
+            print(key, method_name, entry, flush=True)
 
 
 SCORE_NAMES = {
     "reach": "evaluations to reach the target (lower is better; budget + 1 = never)",
     "hypervolume": "feasible hypervolume / best known (higher is better)",
+    "walltime": "best feasible compression ratio at equal simulated wall time (higher is better)",
 }
 
 
@@ -215,13 +295,26 @@ def markdown(results: dict) -> str:
                 f"| {len(e['scores'])} | {e['seconds']:.0f} |"
             )
         ours = methods.get("ours", {}).get("median")
-        if kind == "hypervolume" and ours is not None:
+        if kind == "walltime":
+            e = next(iter(methods.values()))
+            lines += [
+                "",
+                f"Budget {e['wall_seconds']:.0f} s simulated per run (measured evaluation "
+                "seconds + measured ask time); best feasible ratio on the interpolated "
+                f"landscape {e.get('landscape_best', math.nan):.3g}; trials per run: "
+                + "; ".join(f"{m} {e['trials']}" for m, e in methods.items())
+                + "; ask seconds per run: "
+                + "; ".join(f"{m} {e['ask_seconds']}" for m, e in methods.items())
+                + ".",
+            ]
+        if kind in ("hypervolume", "walltime") and ours is not None:
             ratios = [
                 f"{other} {_ratio(ours, methods[other]['median'])}"
                 for other in ("tpe", "random")
                 if other in methods
             ]
-            lines += ["", "Median hypervolume of ours against " + ", ".join(ratios) + "."]
+            what = "hypervolume" if kind == "hypervolume" else "best feasible ratio"
+            lines += ["", f"Median {what} of ours against " + ", ".join(ratios) + "."]
         lines.append("")
     return "\n".join(lines)
 

@@ -7,6 +7,11 @@ call of
 
 - ``aten.linear.default(x, w, b)`` (what ``torch.export.export`` of this torch version records
   for ``nn.Linear``) with ``call_module`` of an ``nn.Linear``;
+- ``aten.addmm.default(b, x, t(w))`` and ``aten.mm.default(x, t(w))`` (a decomposed
+  ``nn.Linear``, or a forward written with ``torch.addmm`` / ``torch.mm``), where ``t`` is
+  ``aten.t``, ``aten.permute(w, [1, 0])`` or ``aten.transpose(w, 0, 1)`` of the 2-D weight,
+  ``b`` is 1-D, ``beta`` / ``alpha`` are 1, and the weight and its transpose are used only
+  there, with ``call_module`` of an ``nn.Linear``;
 - ``aten.conv2d.default(x, w, b, stride, padding, dilation, groups)`` (``nn.Conv2d``) and
   ``aten.convolution.default(x, w, b, stride, padding, dilation, False, output_padding,
   groups)`` with a 4-D weight (the decomposed form) with ``call_module`` of an ``nn.Conv2d``;
@@ -15,8 +20,8 @@ when ``w`` (and ``b``) are parameters read by ``get_attr`` and named ``<path>.we
 ``<path>.bias`` on a holder that holds nothing else. The new layer is put at ``<path>``,
 holding those very parameters, so the state-dict keys (``fc1.weight``) and the outputs stay
 the same. Other calls (a string padding, a transposed or 1-D/3-D convolution, a weight computed
-in the graph, ``addmm`` of a decomposed linear) are left as they are: those layers run but no
-op finds them.
+in the graph, a matmul whose weight is used elsewhere too) are left as they are: those layers
+run but no op finds them.
 
 Ops that replace a module (``mpd``, ``lowrank``, packing) swap the attribute the ``call_module``
 node names, which the generated code looks up at every call.
@@ -31,6 +36,9 @@ _aten = torch.ops.aten
 LINEAR = _aten.linear.default
 CONV2D = _aten.conv2d.default
 CONVOLUTION = _aten.convolution.default
+ADDMM = _aten.addmm.default
+MM = _aten.mm.default
+TRANSPOSES = (_aten.t.default, _aten.permute.default, _aten.transpose.int)
 
 
 def _pair(value: object, default: int) -> tuple[int, int]:
@@ -48,9 +56,53 @@ def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
     return node.kwargs.get(name, default)
 
 
+def _transposed(node: object) -> fx.Node | None:
+    """The ``get_attr`` node that ``node`` transposes (a 2-D ``t`` / ``permute`` /
+    ``transpose``), when the transpose is its only use and the matmul the transpose's only use."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or node.target not in TRANSPOSES:
+        return None
+    if len(node.users) != 1 or not node.args:
+        return None
+    if node.target is _aten.permute.default and [int(d) for d in node.args[1]] != [1, 0]:
+        return None
+    if node.target is _aten.transpose.int and sorted(int(d) % 2 for d in node.args[1:3]) != [0, 1]:
+        return None
+    weight = node.args[0]
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr" or len(weight.users) != 1:
+        return None
+    return weight
+
+
+def _matmul_args(node: fx.Node) -> tuple[object, object, object, fx.Node] | None:
+    """(input, weight, bias, transpose) of an ``addmm`` / ``mm`` that is a Linear, or None."""
+    if node.target is ADDMM:
+        if len(node.args) != 3 or any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
+            return None
+        bias, x, mat = node.args
+        if not isinstance(bias, fx.Node) or len(bias.users) != 1:
+            return None
+    elif node.target is MM and len(node.args) == 2:
+        (x, mat), bias = node.args, None
+    else:
+        return None
+    weight = _transposed(mat)
+    return None if weight is None else (x, weight, bias, mat)  # type: ignore[return-value]
+
+
+def _call_args(node: fx.Node) -> tuple[object, object, object, list[fx.Node]]:
+    """(input, weight, bias, nodes to drop once unused) of a call :func:`_layer_args` took."""
+    matmul = _matmul_args(node)
+    if matmul is not None:
+        x, weight, bias, transpose = matmul
+        return x, weight, bias, [transpose]
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    return node.args[0], weight, bias, []
+
+
 def _layer_args(node: fx.Node) -> tuple[str, dict] | None:
     """(kind, hyper-parameters) of a call the rewrite handles, or None."""
-    if node.target is LINEAR:
+    if node.target is LINEAR or _matmul_args(node) is not None:
         return "linear", {}
     if node.target is CONV2D:
         padding = _arg(node, 4, "padding", 0)
@@ -108,13 +160,14 @@ def _rewrite_node(gm: fx.GraphModule, node: fx.Node, made: dict[str, tuple]) -> 
     if spec is None or not node.args:
         return False
     kind, hyper = spec
-    weight_node = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
-    bias_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    x_node, weight_node, bias_node, between = _call_args(node)
     path = _holder(gm, weight_node, "weight")
     if path is None or (bias_node is not None and _holder(gm, bias_node, "bias") != path):
         return False
     weight = gm.get_parameter(f"{path}.weight")
     if weight.dim() != (2 if kind == "linear" else 4):
+        return False
+    if bias_node is not None and tuple(gm.get_parameter(f"{path}.bias").shape) != weight.shape[:1]:
         return False
     key = (kind, tuple(sorted(hyper.items())), bias_node is not None)
     if path in made:
@@ -131,11 +184,11 @@ def _rewrite_node(gm: fx.GraphModule, node: fx.Node, made: dict[str, tuple]) -> 
         gm.set_submodule(path, _make_layer(kind, weight, bias, hyper))
         made[path] = key
     with gm.graph.inserting_before(node):
-        call = gm.graph.call_module(path, (node.args[0],))
+        call = gm.graph.call_module(path, (x_node,))
     call.meta.update(node.meta)
     node.replace_all_uses_with(call)
     gm.graph.erase_node(node)
-    for attr in (weight_node, bias_node):
+    for attr in (*between, weight_node, bias_node):
         if isinstance(attr, fx.Node) and not attr.users:
             gm.graph.erase_node(attr)
     return True

@@ -78,11 +78,12 @@ class StoredLayer(PackedModule):
         if layer == "conv2d" and (shape["padding_mode"] != "zeros" or isinstance(dense.padding, str)):
             raise ValueError(f"{cls.kind}: only zero-padded Conv2d with numeric padding")
         weight = dense.weight.detach().cpu().float()
-        module = cls(layer, shape, **cls.format_of(weight, spec))
+        bias = None if dense.bias is None else dense.bias.detach().cpu().float()
+        module = cls(layer, shape, **cls.format_of(weight, spec), **cls.bias_format(bias, spec))
         with torch.no_grad():
             module._load_format(weight, spec)
-            if dense.bias is not None:
-                module.bias.copy_(dense.bias.detach())
+            if bias is not None:
+                module._load_bias(bias)
         module.invalidate()
         if not torch.equal(module.decode(), weight):
             raise ValueError(
@@ -95,6 +96,15 @@ class StoredLayer(PackedModule):
     def format_of(cls, weight: torch.Tensor, spec: Any) -> dict[str, Any]:
         """The format's constructor arguments for ``weight`` (e.g. sizes of its streams)."""
         raise NotImplementedError
+
+    @classmethod
+    def bias_format(cls, bias: torch.Tensor | None, spec: Any) -> dict[str, Any]:
+        """Constructor arguments for a bias stored in a format of its own ({}: stored as is)."""
+        return {}
+
+    def _load_bias(self, bias: torch.Tensor) -> None:
+        """Take the dense layer's bias (a format that stores it otherwise overrides this)."""
+        self.bias.copy_(bias)
 
     def config(self) -> dict[str, Any]:
         return {"layer": self.layer, "shape": self.shape, **self.format_config()}

@@ -239,6 +239,14 @@ class LearningCompression:
         return result
 
 
+def admm_w_step(steps: int = 100, lr: float = 0.01, momentum: float = 0.9) -> PenaltySGD:
+    """ADMM's W-step: SGD (momentum) with the penalty's gradient ``rho * (W - Z + U)`` inside
+    the momentum (``penalty="gradient"``, as L-C's L-step), so the penalty pulls at its full
+    strength and not at ``rho * (1 - momentum)`` as a proximal step after the momentum step
+    would (it falls back to that step only where ``lr * rho >= 1``)."""
+    return PenaltySGD(steps=steps, lr=lr, momentum=momentum, penalty="gradient")
+
+
 @dataclass
 class ADMMResult:
     """Per-iteration primal residuals ``||W - Z||`` and the ``rho`` used."""
@@ -254,7 +262,9 @@ class ADMM:
     min f(W) + g(Z) s.t. W = Z, with g the constraint's indicator and scaled dual U:
     W-step :class:`PenaltySGD` on ``f(W) + rho/2 ||W - Z + U||^2``; ``Z = project(W + U)``;
     ``U += W - Z``; ``rho`` grows geometrically from ``rho_init`` to ``rho_final`` over the
-    iterations (U is rescaled by ``rho_old / rho_new`` so the multiplier ``rho U`` carries over). :meth:`run` ends with ``W = project(W)`` (then fine-tune with the structure
+    iterations (U is rescaled by ``rho_old / rho_new`` so the multiplier ``rho U`` carries
+    over). The default W-step is :func:`admm_w_step` (the penalty's gradient inside the
+    momentum). :meth:`run` ends with ``W = project(W)`` (then fine-tune with the structure
     held, e.g. masked, elsewhere).
     """
 
@@ -263,7 +273,7 @@ class ADMM:
     iterations: int = 10
     rho_init: float = 1e-4
     rho_final: float = 1e-1
-    w_step: PenaltySGD = field(default_factory=PenaltySGD)
+    w_step: PenaltySGD = field(default_factory=admm_w_step)
 
     def rho(self, j: int) -> float:
         """The penalty parameter of iteration ``j``."""

@@ -23,8 +23,10 @@
   plus the penalty (Condensa's L-step), the learning rate decaying from ``lr`` (Condensa: 0.01)
   to ``lr/100``; the best compressed iterate by validation loss is kept with its structure;
 - ``admm``: ADMM (:class:`operators.train.compressors.ADMM`) toward the same projection over the
-  first half of ``epochs`` (``iterations`` 10, ``rho_init`` 1e-4 to ``rho_final`` 1e-1),
-  then the hard projection and ``masked`` fine-tuning for the second half;
+  first half of ``epochs`` (``iterations`` 10, ``rho_init`` 1e-4 to ``rho_final`` 1e-1;
+  each W-step SGD with momentum 0.9 on the loss plus the penalty's gradient,
+  :func:`operators.train.compressors.admm_w_step`), then the hard projection and ``masked``
+  fine-tuning for the second half;
 - ``hspg``: group-sparse training of conv filters with :class:`operators.train.compressors.HSPG`
   (``lam`` 1e-3; prox-SG for the first half, half-space steps after) and then the physical
   removal of the filters it zeroed. Needs a model without masks or packing (use it with
@@ -52,6 +54,7 @@ from operators.train.compressors import (
     HSPG,
     LearningCompression,
     PenaltySGD,
+    admm_w_step,
     hspg_param_groups,
     kd_loss,
     zero_groups,
@@ -322,7 +325,7 @@ def _augmented_lagrangian(
         cm.enforce()
         return
     admm = ADMM(project, project.names, n, params["rho_init"], params["rho_final"],
-                PenaltySGD(steps=max(1, total // n), lr=run["lr"], momentum=0.9))  # fmt: skip
+                admm_w_step(steps=max(1, total // n), lr=run["lr"]))  # fmt: skip
     admm.run(cm.model, batch_loss)
     project.adopt(project.last)  # the final hard projection's structure
     masked_train(cm, dataset, **{**run, "epochs": run["epochs"] / 2})

@@ -4,9 +4,10 @@
 `service.api.presenters`, which asks `search.pareto`): it only draws. x is the front's second
 metric (size in bytes, log axis, for a single objective), y the first (accuracy, in %). The
 baseline is a labelled star; feasible, infeasible and failed trials differ in marker, colour
-and legend; each constraint that maps onto an axis is a dashed line (an `accuracy_drop` bound
-becomes baseline accuracy minus the bound); the front is a step line; the best trial is
-labelled with its compression ratio.
+and legend, and a shorter rung of a multi-fidelity search (`fidelity` < 1, never on the front)
+is a hollow grey circle, "short fine-tune (not on the front)"; each constraint that maps onto
+an axis is a dashed line (an `accuracy_drop` bound becomes baseline accuracy minus the bound);
+the front is a step line; the best trial is labelled with its compression ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, PercentFormatter  # n
 
 from search import METRIC_TABLE, Objective  # noqa: E402
 from search.metric_table import finite_values  # noqa: E402
+from service.api.presenters import trial_fidelity  # noqa: E402
 from service.core.db import Job, Trial  # noqa: E402
 
 ImageFormat = Literal["svg", "png"]
@@ -39,6 +41,8 @@ FEASIBLE, INFEASIBLE, FAILED, FRONT, BASELINE, BOUND = (
     "#2ca02c",
     "#7f3fbf",
 )
+SHORT = INFEASIBLE  # a shorter rung: hollow markers of this grey
+SHORT_LABEL = "short fine-tune (not on the front)"
 
 
 def describe_objective(objective: Objective) -> str:
@@ -128,22 +132,45 @@ def render_front(
 
     placed = [(t, finite_values(t.metrics, (xm, ym))) for t in trials]
     front_ids = {t.id for t in front}
-    groups: dict[str, list[tuple[float, float]]] = {"feasible": [], "infeasible": []}
+    groups: dict[str, list[tuple[float, float]]] = {"feasible": [], "infeasible": [], "short": []}
     for t, values in placed:
         if t.state != "succeeded" or values is None or t.id in front_ids:
             continue
         key = "feasible" if objective.is_feasible(t.metrics) else "infeasible"
-        groups[key].append((values[0], values[1]))
+        groups["short" if trial_fidelity(t) < 1.0 else key].append((values[0], values[1]))
     failed = [t for t in trials if t.state == "failed"]
     handles = []
     if groups["feasible"]:
         xs, ys = zip(*groups["feasible"], strict=True)
-        handles.append(ax.scatter(xs, ys, s=40, c=FEASIBLE, marker="o", label="feasible"))
+        handles.append(
+            ax.scatter(xs, ys, s=40, c=FEASIBLE, marker="o", label="feasible", gid="feasible")
+        )
     if groups["infeasible"]:
         xs, ys = zip(*groups["infeasible"], strict=True)
         handles.append(
             ax.scatter(
-                xs, ys, s=45, c=INFEASIBLE, marker="^", label="infeasible (violates a bound)"
+                xs,
+                ys,
+                s=45,
+                c=INFEASIBLE,
+                marker="^",
+                label="infeasible (violates a bound)",
+                gid="infeasible",
+            )
+        )
+    if groups["short"]:
+        xs, ys = zip(*groups["short"], strict=True)
+        handles.append(
+            ax.scatter(
+                xs,
+                ys,
+                s=40,
+                marker="o",
+                facecolors="none",
+                edgecolors=SHORT,
+                linewidths=1.2,
+                label=SHORT_LABEL,
+                gid="short-fine-tune",
             )
         )
     front_pts = sorted((v[0], v[1]) for t, v in placed if t.id in front_ids and v is not None)
@@ -160,6 +187,7 @@ def render_front(
                 edgecolors="black",
                 zorder=3,
                 label="Pareto front (feasible, non-dominated)",
+                gid="front",
             )  # fmt: skip
         )
     base = finite_values(job.baseline, (xm, ym))

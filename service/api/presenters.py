@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -9,6 +10,7 @@ from datetime import datetime, timezone
 from search import METRIC_TABLE, Candidate, Objective, Observation, best_feasible, feasible_front
 from search.metric_table import is_finite
 from service.api.schemas import JobLinks, JobPublic, Progress, TrialPublic
+from service.core.budget import Rungs, epochs_spent
 from service.core.db import TERMINAL_JOB_STATES, Job, Trial, as_utc
 from service.core.repository import constraint_violation
 
@@ -112,34 +114,100 @@ def pareto_trials(trials: Sequence[Trial], objective: Objective) -> list[Trial]:
 
 
 def eta_seconds(job: Job, trials: Sequence[Trial], now: datetime | None = None) -> float | None:
-    """Seconds until the job is likely done: the running trials' expected remainder, then
-    waves of `max_parallel` trials of the mean finished duration for the budget left, capped
-    by the time budget; None before a trial has finished, 0 once the job is finished."""
+    """Seconds until the job is likely done; None before a trial has finished, 0 once the job
+    is finished.
+
+    The work left is the running trials' expected remainder, the queued trials, the proposals
+    the trial budget has left (`max_trials` counts proposals, rung-0 trials) and, with
+    `budget.rungs`, the continuations still to come at each rung (a rung continues
+    ``floor(n / eta)`` of its ``n``, at least one: the drain carries one trial to full
+    fidelity). Each costs the mean duration of the finished trials of its rung (a rung none
+    has finished yet: the nearest measured rung's, scaled by the epochs the rung adds). The
+    work is laid out on `max_parallel` lanes, each next trial on the lane free first; a trial
+    not yet created starts only while the time budget (`max_minutes`) and the epoch budget
+    (`max_epochs`) are not spent, so the remaining minutes bound when the last trial starts.
+    """
     if job.state in TERMINAL_JOB_STATES:
         return 0.0
     now = now or datetime.now(timezone.utc)
-    durations = [
-        (as_utc(t.finished_at) - as_utc(t.started_at)).total_seconds()
-        for t in trials
-        if t.state in ("succeeded", "failed") and t.started_at and t.finished_at
-    ]
-    if not durations:
+    rungs = Rungs.of(job)
+    seconds = _rung_seconds(trials, rungs)
+    if seconds is None:
         return None
-    mean = sum(durations) / len(durations)
     budget = job.spec["budget"]
-    running = [t for t in trials if t.state == "running"]
-    done = sum(t.state in TERMINAL_JOB_STATES for t in trials)
-    remaining = [
-        max(0.0, mean - (now - as_utc(t.started_at)).total_seconds())
+    running = [t for t in trials if t.state == "running" and t.started_at]
+    lanes = [
+        max(0.0, seconds[_rung_of(t, rungs)] - (now - as_utc(t.started_at)).total_seconds())
         for t in running
-        if t.started_at
     ]
-    waiting = max(0, budget["max_trials"] - done - len(running))
-    eta = max(remaining, default=0.0) + math.ceil(waiting / max(1, budget["max_parallel"])) * mean
+    lanes += [0.0] * max(0, budget["max_parallel"] - len(lanes))
+    heapq.heapify(lanes)
+    for t in trials:  # queued trials run whatever the budgets say since they were created
+        if t.state == "queued":
+            heapq.heappush(lanes, heapq.heappop(lanes) + seconds[_rung_of(t, rungs)])
+    left = math.inf
     if budget.get("max_minutes") and job.started_at:
         left = budget["max_minutes"] * 60 - (now - as_utc(job.started_at)).total_seconds()
-        eta = min(eta, max(0.0, left) + mean)  # no trial starts after the time budget
-    return round(eta, 1)
+    epochs_left = math.inf
+    if budget.get("max_epochs"):
+        epochs_left = budget["max_epochs"] - epochs_spent(list(trials))
+    full_epochs = _full_epochs_estimate(job, trials, rungs)
+    for rung in _trials_to_come(trials, rungs, budget["max_trials"]):
+        if lanes[0] >= left or epochs_left <= 0:
+            break  # nothing starts once the time or epoch budget is spent
+        heapq.heappush(lanes, heapq.heappop(lanes) + seconds[rung])
+        epochs_left -= _rung_share(rungs, rung) * full_epochs
+    return round(max(lanes), 1)
+
+
+def _rung_of(trial: Trial, rungs: Rungs) -> int:
+    """The trial's rung among the job's ``rungs`` (0 for a trial of a single-fidelity job)."""
+    return min(trial.rung or 0, rungs.top)
+
+
+def _rung_share(rungs: Rungs, rung: int) -> float:
+    """The share of a strategy's full fine-tuning that rung ``rung`` adds."""
+    return rungs.fractions[rung] - (rungs.fractions[rung - 1] if rung else 0.0)
+
+
+def _rung_seconds(trials: Sequence[Trial], rungs: Rungs) -> list[float] | None:
+    """The expected duration of a trial at each rung (see :func:`eta_seconds`); None before
+    any trial has finished."""
+    measured: dict[int, list[float]] = {}
+    for t in trials:
+        if t.state in ("succeeded", "failed") and t.started_at and t.finished_at:
+            duration = (as_utc(t.finished_at) - as_utc(t.started_at)).total_seconds()
+            measured.setdefault(_rung_of(t, rungs), []).append(duration)
+    if not measured:
+        return None
+    means = {rung: sum(d) / len(d) for rung, d in measured.items()}
+
+    def expected(rung: int) -> float:
+        if rung in means:
+            return means[rung]
+        nearest = min(means, key=lambda r: (abs(r - rung), r))
+        return means[nearest] * _rung_share(rungs, rung) / _rung_share(rungs, nearest)
+
+    return [expected(rung) for rung in range(rungs.top + 1)]
+
+
+def _trials_to_come(trials: Sequence[Trial], rungs: Rungs, max_trials: int) -> list[int]:
+    """The rung of each trial not yet created: the proposals the trial budget has left, then
+    the continuations each higher rung has still to get."""
+    created = [sum(_rung_of(t, rungs) == rung for t in trials) for rung in range(rungs.top + 1)]
+    out = [0] * max(0, max_trials - created[0])
+    expected = max_trials
+    for rung in range(1, rungs.top + 1):
+        expected = max(1, expected // rungs.eta)
+        out += [rung] * max(0, expected - created[rung])
+    return out
+
+
+def _full_epochs_estimate(job: Job, trials: Sequence[Trial], rungs: Rungs) -> float:
+    """A strategy's full fine-tuning epochs, from the trials' own `epochs` (each the share its
+    rung adds), else the job's `finetune.epochs`."""
+    full = [t.epochs / _rung_share(rungs, _rung_of(t, rungs)) for t in trials if t.epochs]
+    return sum(full) / len(full) if full else finetune_epochs(job)
 
 
 def closest_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:

@@ -180,7 +180,8 @@ class JobCreate(Strict):
         "meets the constraints, then the objective within it; one strategy, one range). "
         "Noise-aware settings (bo, single objective): skip_within_noise (true), noise_sigmas "
         "(1.0), near_distance (0.05), min_relative_change (0.05), stop_below_noise (true), "
-        "stop_min_trials (10); the accuracy's noise is the binomial standard error of the "
+        "stop_min_trials (10), stop_relative_gain (0.01: a noiseless objective's "
+        "convergence threshold, a fraction of its best); the accuracy's noise is the binomial standard error of the "
         "validation split (see docs/job-spec.md, Measurement noise).",
     )
     warm_start: bool = Field(
@@ -304,9 +305,11 @@ class Progress(BaseModel):
     fraction: float
     eta_seconds: float | None = Field(
         None,
-        description="Estimated seconds until the job finishes: the mean duration of its finished "
-        "trials times the waves of `max_parallel` trials the budget has left (capped by "
-        "`max_minutes`); null before any trial finished, 0 once the job is finished.",
+        description="Estimated seconds until the job finishes: the running trials' remainder, "
+        "the queued trials, the proposals the trial budget has left and (with `rungs`) the "
+        "continuations to come, each of the mean duration of its rung's finished trials, laid "
+        "out on `max_parallel` lanes; nothing new starts once `max_minutes` or `max_epochs` is "
+        "spent. Null before any trial finished, 0 once the job is finished.",
     )
 
 

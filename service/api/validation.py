@@ -23,6 +23,7 @@ from operators import (
 )
 from operators.models.sources import build as build_source
 from operators.models.sources import refused_ops, split_record_config
+from operators.ops.heads.attention import head_prune_refusal
 from search import Candidate, Objective, SearchSettings, SearchSettingsError, SearchSpace
 from search.objective import ObjectiveError
 from search.space import SearchSpaceError
@@ -70,21 +71,31 @@ def validate_search_space(raw: dict[str, Any]) -> SearchSpace:
     return space
 
 
+def _meta_model(record: ModelRecord) -> torch.nn.Module:
+    """The registered model built on the meta device: its layers, nothing allocated."""
+    config, _shape, _dtype = split_record_config(record.config)
+    with torch.device("meta"):
+        return build_source(record.architecture, config)
+
+
 def default_space_for(record: ModelRecord) -> dict[str, Any]:
     """The default search space of a registered model, from its layers (built on the meta
     device: nothing is allocated)."""
-    config, _shape, _dtype = split_record_config(record.config)
-    with torch.device("meta"):
-        model = build_source(record.architecture, config)
-    space = default_search_space(model)
+    space = default_search_space(_meta_model(record))
     refused = refused_ops(record.architecture)
     space["strategies"] = [s for s in space["strategies"] if not {t["op"] for t in s["steps"]} & set(refused)]
     return space
 
 
 def check_ops_for_model(raw: dict[str, Any], record: ModelRecord) -> None:
-    """A 422 naming the step whose op the model's source cannot take, and why."""
+    """A 422 naming the step whose op the model's source cannot take, or ``head_prune`` on a
+    model without attention heads it recognises, and why."""
     refused = refused_ops(record.architecture)
+    steps = [step for s in raw.get("strategies", []) for step in s.get("steps", [])]
+    if "head_prune" not in refused and any(step.get("op") == "head_prune" for step in steps):
+        reason = head_prune_refusal(_meta_model(record))
+        if reason is not None:
+            refused["head_prune"] = reason
     for i, strategy in enumerate(raw.get("strategies", [])):
         for j, step in enumerate(strategy.get("steps", [])):
             if step.get("op") in refused:

@@ -134,3 +134,25 @@ def test_client_registers_with_input_shape_and_key_map(server, tmp_path, digits_
         model = api.register_model(tmp_path / "sequential.safetensors", "zoo:mlp", config,
                                    input_shape=[64], key_map={"prefix": {"0.": "fc1.", "2.": "fc2."}})  # fmt: skip
     assert model["input_shape"] == [64] and model["architecture"] == "zoo:mlp"
+
+
+def test_cli_trials_table_shows_each_trials_fidelity_rung_and_parent(server) -> None:
+    stack, _, spec = server
+    rungs = {"max_trials": 2, "max_parallel": 1, "rungs": {"min_fraction": 0.5, "eta": 2}}
+    with Client(stack.url) as api:
+        job_id = api.submit({**spec, "budget": rungs})["id"]
+        assert api.wait(job_id)["state"] == "succeeded"
+        trials = {t["id"]: t for t in api.trials(job_id)}
+    continued = [t for t in trials.values() if t["rung"] == 1]
+    assert len(continued) == 1 and continued[0]["fidelity"] == 1.0  # the best of 2 continued
+    table = cli(stack, "trials", str(job_id))
+    assert table.returncode == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if "fidelity" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")][2:6] == ["state", "fidelity", "rung", "parent"]
+    rows = {int(cells[0]): cells for cells in (
+        [c.strip() for c in line.strip("│ ").split("│")]
+        for line in table.stdout.splitlines() if line.startswith("│"))}  # fmt: skip
+    for trial_id, t in trials.items():
+        parent = "-" if t["parent"] is None else str(t["parent"])
+        assert rows[trial_id][3:6] == [f"{t['fidelity']:.4g}", str(t["rung"]), parent]
+    assert rows[continued[0]["id"]][3:6] == ["1", "1", str(continued[0]["parent"])]

@@ -104,9 +104,13 @@ def test_stops_when_the_best_predicted_gain_is_below_the_noise(high_sparsity, ti
     gain, noise = predicted_gain(high_sparsity, tight, history, settings=settings)
     assert 0 <= gain < noise
     reason = stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings)
+    # compression_ratio is exact: the threshold is stop_relative_gain (1%) of its best
+    best = noise / settings.stop_relative_gain
+    feasible = [o.metrics["compression_ratio"] for o in history if tight.is_feasible(o.metrics)]
+    assert best == pytest.approx(max(feasible), rel=0.1)
     assert reason == (
-        f"converged: the best predicted gain of compression_ratio ({gain:.3g}) is below its "
-        f"measurement noise ({noise:.3g})"
+        f"converged: the best predicted gain of compression_ratio ({gain:.3g}) is below 1% of "
+        f"its best ({best:.3g})"
     )
     # off, without the space, or with the rule's own switch off: no convergence rule
     assert stop_reason(history, tight, max_trials=99) is None
@@ -126,6 +130,24 @@ def test_goes_on_while_a_gain_above_the_noise_is_predicted(high_sparsity, tight)
     assert (
         stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings) is None
     )
+
+
+def test_a_noiseless_objective_converges_below_stop_relative_gain_of_its_best(
+    high_sparsity, tight
+):
+    # still climbing: the best predicted gain is a large share of the best ratio
+    history = plateau_trials([0.5, 0.6, 0.7, 0.8, 0.85, 0.88, 0.9, 0.91, 0.92, 0.93])
+    settings = SearchSettings(validation_samples=VALIDATION_SAMPLES)
+    gain, threshold = predicted_gain(high_sparsity, tight, history, settings=settings)
+    assert gain > threshold
+    assert stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=settings) is None
+    # the same history stops once the threshold exceeds the gain
+    loose = replace(settings, stop_relative_gain=0.99)
+    _, threshold = predicted_gain(high_sparsity, tight, history, settings=loose)
+    assert threshold > gain
+    reason = stop_reason(history, tight, max_trials=99, space=high_sparsity, settings=loose)
+    assert reason.startswith("converged: the best predicted gain of compression_ratio")
+    assert "below 99% of its best" in reason
 
 
 def test_convergence_needs_enough_full_fidelity_trials(high_sparsity, tight):

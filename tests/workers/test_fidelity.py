@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from operators import load_checkpoint
+from service.core.budget import Rungs
 from service.core.db import Artifact, Job, ModelRecord, Trial, session_scope
 from service.core.settings import Settings
 from tests.conftest import DIGITS_JOB_SPEC, RecordingDispatcher, trials_of
@@ -144,9 +145,9 @@ def test_rung_fractions_grow_by_eta_up_to_full_fidelity(digits_job) -> None:  # 
     settings, job_id = digits_job
     _set_spec(settings, job_id, budget={"max_trials": 3, "max_parallel": 1,
                                         "rungs": {"min_fraction": 0.1, "eta": 3}})  # fmt: skip
-    assert jobs.Rungs.of(_job(settings, job_id)).fractions == pytest.approx((0.1, 0.3, 0.9, 1.0))
+    assert Rungs.of(_job(settings, job_id)).fractions == pytest.approx((0.1, 0.3, 0.9, 1.0))
     _set_spec(settings, job_id, budget={"max_trials": 3, "max_parallel": 1})
-    assert jobs.Rungs.of(_job(settings, job_id)).fractions == (1.0,)
+    assert Rungs.of(_job(settings, job_id)).fractions == (1.0,)
 
 
 def test_the_trial_budget_does_not_end_a_job_without_a_full_fidelity_result(digits_job) -> None:  # noqa: ANN001

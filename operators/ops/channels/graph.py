@@ -10,6 +10,11 @@ The network's output layer is never pruned. In a transformer the layers inside a
 modules, and every layer whose channels are coupled to them (the residual stream), are left
 alone (:func:`skipped_layers`: whole heads are ``head_prune``'s); its FFN neurons are removed.
 
+With ``round_to`` (:func:`remove_channels`; the default space asks :data:`ROUND_TO` of every
+CNN, :func:`channel_round_to`) each layer keeps a multiple of it, set per layer through
+torch-pruning's ``pruning_ratio_dict``; a layer narrower than ``2 * round_to`` and a group that
+would not come out a multiple are left at full width and reported, never given odd widths.
+
 Removal functions return, per module, the output channels removed (indices into the original
 layer), so a caller can check that removing them equals zeroing them (:func:`zero_channels`).
 """
@@ -116,17 +121,65 @@ def skipped_layers(
 
 
 ROUND_TO = 8  # onnxruntime's and oneDNN's CPU conv kernels block channels by 8 (16 on AVX-512)
-ROUND_TO_MIN_CHANNELS = 32
 
 
 def channel_round_to(model: nn.Module) -> int:
-    """The ``round_to`` that keeps a CNN fast after filter removal: :data:`ROUND_TO` when every
-    conv layer has at least :data:`ROUND_TO_MIN_CHANNELS` filters, else 1. Measured on timm
-    resnet18 (28x28, onnxruntime, batch 64, 2 threads): 0.409 of the filters removed ran in
-    30.7 ms with odd widths (37, 75, ...), 4.7 ms with widths rounded to 8, 16.6 ms dense;
-    torch-pruning's rounding is erratic on layers of a few filters, hence the floor."""
-    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return ROUND_TO if widths and min(widths) >= ROUND_TO_MIN_CHANNELS else 1
+    """The ``round_to`` that keeps a CNN fast after filter removal: :data:`ROUND_TO` when the
+    model has a conv layer, else 1. Odd widths hit slow onnxruntime kernels: timm resnet18
+    (28x28, batch 64, 2 threads) with 0.409 of its filters removed ran in 30.7 ms with odd
+    widths (37, 75, ...), 4.7 ms with widths rounded to 8, 16.6 ms dense. Layers too narrow to
+    round are left at full width (:func:`narrow_layers`)."""
+    return ROUND_TO if any(isinstance(m, nn.Conv2d) for m in model.modules()) else 1
+
+
+def narrow_layers(
+    model: nn.Module, op: Op, types: tuple[type[nn.Module], ...], round_to: int
+) -> dict[str, str]:
+    """The selected ``types`` layers with fewer than ``2 * round_to`` output channels, with the
+    reason: removal with ``round_to`` leaves them (and every layer coupled to them) at full
+    width rather than giving them an odd width or halving them."""
+    if round_to <= 1:
+        return {}
+    return {
+        name: f"{m.weight.shape[0]} channels, fewer than 2 x round_to ({2 * round_to}): "
+        "left at full width rather than an odd or halved one"
+        for name, m in op.selected_modules(model, types) if m.weight.shape[0] < 2 * round_to
+    }  # fmt: skip
+
+
+def _rounded_ratios(modules: list[nn.Module], ratio: float, round_to: int) -> dict[nn.Module, float]:
+    """Per layer, the pruning ratio that keeps the multiple of ``round_to`` nearest to
+    ``(1 - ratio)`` of its channels (at least ``round_to``), for torch-pruning's
+    ``pruning_ratio_dict`` (it keeps ``int(width * (1 - ratio))`` channels, hence the half)."""
+    ratios = {}
+    for module in modules:
+        width = module.weight.shape[0]
+        kept = max(round_to, round(width * (1.0 - ratio) / round_to) * round_to)
+        ratios[module] = 0.0 if kept >= width else 1.0 - (kept + 0.5) / width
+    return ratios
+
+
+def _grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise: torch-pruning removes its channels per group."""
+    return isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.out_channels
+
+
+def _unroundable(group: tp.Group, graph: tp.DependencyGraph, round_to: int) -> str | None:
+    """Why pruning ``group`` would not keep a multiple of ``round_to`` channels in every layer
+    it shrinks, or None: a grouped conv (torch-pruning applies the rounded count per group,
+    removing ``groups`` times too many) or a layer left at another width."""
+    for dep, idxs in group:
+        module = dep.target.module
+        if _grouped(module):
+            return (f"coupled to a grouped conv (groups={module.groups}) whose channels "
+                    "torch-pruning removes per group, so round_to does not hold: left at full width")  # fmt: skip
+        if getattr(dep.handler, "__name__", "") not in _OUT_HANDLERS:
+            continue
+        width = graph.get_out_channels(module)
+        if width is not None and (width - len(idxs)) % round_to:
+            return (f"torch-pruning would keep {width - len(idxs)} of {width} channels, not a "
+                    f"multiple of round_to ({round_to}): left at full width")  # fmt: skip
+    return None
 
 
 def remove_channels(
@@ -138,20 +191,27 @@ def remove_channels(
     skip: dict[str, str] | None = None,
     *,
     round_to: int = 1,
-) -> dict[str, list[int]]:
+) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Physically remove ``ratio`` of the output channels of the selected ``types`` layers but
-    those in ``skip`` (default: :func:`skipped_layers`), keeping a multiple of ``round_to``
-    channels per layer (torch-pruning's ``round_to``).
+    those in ``skip`` (default: :func:`skipped_layers`).
+
+    With ``round_to`` > 1 every layer keeps a multiple of ``round_to`` channels, the one
+    nearest to ``(1 - ratio)`` of its width (torch-pruning's ``pruning_ratio_dict`` and
+    ``round_to``); layers narrower than ``2 * round_to`` (:func:`narrow_layers`), and any whose
+    group would not come out a multiple (a grouped conv), are left at full width.
 
     Returns module name -> removed output-channel indices for every module whose outputs
-    shrank (the selected layers and their coupled BatchNorms, residual partners, ...).
+    shrank (the selected layers and their coupled BatchNorms, residual partners, ...), and
+    the selected layers left alone with the reason.
     """
     check_unstructured(cm, op.name)
     model = cm.model
     if cm.example_input is None:
         raise ValueError(f"{op.name}: cannot trace the model; pass an example input")
-    fixed = skipped_layers(cm, op, types) if skip is None else skip
-    targets = {id(m) for n, m in op.selected_modules(model, types) if n not in fixed}
+    narrow = narrow_layers(model, op, types, round_to)
+    fixed = {**(skipped_layers(cm, op, types) if skip is None else skip), **narrow}
+    selected = [m for n, m in op.selected_modules(model, types) if n not in fixed]
+    targets = {id(m) for m in selected}
     last = output_layer(model)
     ignored = [
         m for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and id(m) not in targets
@@ -159,19 +219,28 @@ def remove_channels(
     if last is not None and id(last) in targets:
         ignored.append(last)
     if len(ignored) == sum(isinstance(m, WEIGHT_LAYERS) for m in model.modules()):
+        if narrow:  # what was selected is too narrow to round: left as it is, and said so
+            return {}, fixed
         raise ValueError(f"{op.name}: include/exclude selected no prunable layer")
     names = {id(m): n for n, m in model.named_modules()}
     removed: dict[str, list[int]] = {}
+    rounding = round_to > 1
     with eval_mode(model, quiet=True):
         pruner = tp.pruner.MetaPruner(
             model,
             cm.example_input.to(_device(model)),
             importance=tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2),
             pruning_ratio=ratio,
+            pruning_ratio_dict=_rounded_ratios(selected, ratio, round_to) if rounding else None,
             ignored_layers=ignored,
-            round_to=round_to if round_to > 1 else None,
+            round_to=round_to if rounding else None,
         )
         for group in pruner.step(interactive=True):
+            root = names.get(id(group[0][0].target.module), "?")
+            why = _unroundable(group, pruner.DG, round_to) if rounding else None
+            if why is not None:
+                fixed[root] = why
+                continue
             for dep, idxs in group:
                 handler = getattr(dep.handler, "__name__", "")
                 module = dep.target.module
@@ -180,7 +249,7 @@ def remove_channels(
             group.prune()
     _GRAPHS[model] = (_shapes(model), pruner.DG)  # updated by the pruning: reuse it
     cm.structural = True
-    return {name: sorted(set(idx)) for name, idx in removed.items()}
+    return {name: sorted(set(idx)) for name, idx in removed.items()}, fixed
 
 
 def zero_channels(model: nn.Module, removed: dict[str, list[int]]) -> None:

@@ -5,9 +5,13 @@ dependencies (:mod:`operators.ops.channels.graph`), ranked by the ``criterion`` 
 norm of their whole dependency group, or chosen by a genetic algorithm (``ga``, see
 :mod:`operators.ops.channels.ga_select`). The network's output layer is never pruned.
 
+With ``round_to`` > 1 (l1 / l2 only) every layer keeps a multiple of ``round_to`` channels,
+the one nearest to ``1 - ratio`` of its width; layers narrower than ``2 * round_to`` stay whole.
+
 The report lists, per module, the output channels removed (indices into the original layer),
 and under ``skipped`` the selected layers left alone with the reason: on a transformer its
-attention projections and the residual stream coupled to them (its FFN neurons go).
+attention projections and the residual stream coupled to them (its FFN neurons go); with
+``round_to``, the layers too narrow to round.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class _ChannelPrune(Op):
         if self.criterion == "ga":
             removed = ga_remove_channels(cm, self, self.LAYERS, self.ratio, skip=skipped)
         else:
-            removed = remove_channels(
+            removed, skipped = remove_channels(
                 cm, self, self.LAYERS, self.ratio, self.criterion, skipped, round_to=self.round_to
             )
         return _summary(cm, removed, skipped)

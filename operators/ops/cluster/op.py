@@ -1,5 +1,5 @@
-"""The ``cluster`` op. ``cluster`` (``bits``, ``method`` ``dp``/``kmeans``): each selected weight takes at most
-``2**bits`` distinct values (DP-Net's exact 1-D k-means, :mod:`operators.ops.cluster.algorithm`). After a
+"""The ``cluster`` op. ``cluster`` (``bits``, ``method`` ``dp``/``kmeans``, ``bias_bits``): each selected weight takes at most
+``2**bits`` distinct values (with ``bias_bits``, its layer's bias at most ``2**bias_bits``) (DP-Net's exact 1-D k-means, :mod:`operators.ops.cluster.algorithm`). After a
 pruning op only the kept entries are clustered and the zeros stay out of the codebook.
 Fine-tuning holds the assignment and trains the centroids (:class:`Codebook`: a centroid's
 gradient is the sum of its members'). Stored as kind ``clustered``: the codebook (in the
@@ -90,18 +90,24 @@ class Cluster(Op):
     bits: int
     method: str = "dp"
     allocate: str = "uniform"
+    bias_bits: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bits(self.bits)
         check_choice("method", self.method, CLUSTER_METHODS)
         check_choice("allocate", self.allocate, ("uniform", "sensitivity"))
+        if self.bias_bits is not None:
+            check_bits(self.bias_bits)
 
     def params(self) -> dict[str, Any]:
-        """The parameters for reports; ``allocate`` only when not the default."""
+        """The parameters for reports; ``allocate`` and ``bias_bits`` only when not the
+        defaults."""
         out = super().params()
         if self.allocate == "uniform":
             del out["allocate"]
+        if self.bias_bits is None:
+            del out["bias_bits"]
         return out
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
@@ -121,8 +127,16 @@ class Cluster(Op):
             codebook, indices = cluster_tensor(weight, bits, self.method, mask)
             positions = None if mask is None else torch.nonzero(mask.reshape(-1)).flatten()
             cm.constraints[name] = Codebook(indices, positions, max(1, len(codebook)))
-            cm.packing[module_name] = PackSpec("cluster", {"bits": bits})
+            args = {"bits": bits}
             layers[module_name] = {"values": len(codebook), "clustered": int(indices.numel())}
+            bias = cm.model.get_submodule(module_name).bias
+            if self.bias_bits is not None and bias is not None:
+                values, assignment = cluster_tensor(bias.detach().cpu(), self.bias_bits, self.method)
+                bias_name = f"{module_name}.bias" if module_name else "bias"
+                cm.constraints[bias_name] = Codebook(assignment, None, max(1, len(values)))
+                args["bias_bits"] = self.bias_bits
+                layers[module_name]["bias_values"] = len(values)
+            cm.packing[module_name] = PackSpec("cluster", args)
             if self.allocate == "sensitivity":
                 layers[module_name]["bits"] = bits
         return {"layers": layers}

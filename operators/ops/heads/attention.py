@@ -111,6 +111,19 @@ def attention_modules(model: nn.Module) -> tuple[list[Heads], dict[str, str]]:
     return found, skipped
 
 
+def head_prune_refusal(model: nn.Module) -> str | None:
+    """Why ``head_prune`` can remove nothing from ``model`` (no attention module of a layout
+    :func:`attention_modules` recognises, and what it saw instead), or None when it can."""
+    found, others = attention_modules(model)
+    if found:
+        return None
+    if others:
+        name, why = next(iter(others.items()))
+        return f"the model has no attention module whose heads it can remove ({name}: {why})"
+    return ("the model has no attention module (separate query/key/value projections: "
+            "q_proj/k_proj/v_proj/o_proj or query/key/value) whose heads it can remove")  # fmt: skip
+
+
 def remove_heads(model: nn.Module, heads: Heads, removed: list[int]) -> int:
     """Remove the heads ``removed`` (indices) of one attention module in place; return the
     number of heads kept."""

@@ -2,8 +2,9 @@
 
 - `GET /v1/jobs/{id}/pareto.svg` and `/pareto.png`: drawn by `service.api.pareto_plot`.
 - `GET /v1/jobs/{id}/report`: an interactive front (plotly; hover shows the trial's id,
-  strategy, parameters and metrics), the trials table with each proposal's reason, and the
-  best trial's checkpoint link. plotly.js comes from the installed `plotly` package, served by
+  strategy, parameters and metrics), the trials table with each proposal's reason and each
+  trial's fidelity (a shorter rung of a multi-fidelity search is a hollow grey marker and a
+  greyed row, never on the front), and the best trial's checkpoint link. plotly.js comes from the installed `plotly` package, served by
   `GET /static/plotly.min.js`: the page loads nothing from outside the server.
 
 The front and the best trial are those of `service.api.presenters` (one source, `search.pareto`).
@@ -25,6 +26,8 @@ from search import METRIC_TABLE, Objective
 from service.api.deps import CallerDep, JobId, SessionDep
 from service.api.pareto_plot import (
     MEDIA_TYPES,
+    SHORT,
+    SHORT_LABEL,
     ImageFormat,
     axis_label,
     constraint_bounds,
@@ -94,6 +97,8 @@ def plotly_js() -> FileResponse:
 
 def _hover(trial: TrialPublic) -> str:
     lines = [f"trial {trial.number} (id {trial.id})", f"strategy: {trial.strategy}"]
+    if trial.fidelity < 1.0:
+        lines.append(f"fidelity {_fmt(trial.fidelity)} (rung {trial.rung}): not on the front")
     lines += [f"{k} = {_fmt(v)}" for k, v in sorted(trial.params.items())]
     for name in ("accuracy", "accuracy_drop", "size_bytes", "compression_ratio", "latency_ms"):
         if trial.metrics and name in trial.metrics:
@@ -115,15 +120,18 @@ def _figure(
 ) -> dict[str, Any]:
     """The plotly figure (as JSON-able dict): one trace per kind of trial, plus the baseline."""
     fig = go.Figure()
+    final = [t for t in trials if t.fidelity >= 1.0]
     kinds = {
-        "Pareto front": [t for t in trials if t.id in front_ids],
-        "feasible": [t for t in trials if t.feasible and t.id not in front_ids],
-        "infeasible": [t for t in trials if t.feasible is False],
+        "Pareto front": [t for t in final if t.id in front_ids],
+        "feasible": [t for t in final if t.feasible and t.id not in front_ids],
+        "infeasible": [t for t in final if t.feasible is False],
+        SHORT_LABEL: [t for t in trials if t.fidelity < 1.0 and t.state == "succeeded"],
     }
     styles = {
         "Pareto front": {"color": "#ff7f0e", "symbol": "diamond", "size": 12},
         "feasible": {"color": "#1f77b4", "symbol": "circle", "size": 9},
         "infeasible": {"color": "#9e9e9e", "symbol": "triangle-up", "size": 9},
+        SHORT_LABEL: {"color": SHORT, "symbol": "circle-open", "size": 9},
     }
     for name, group in kinds.items():
         group = [t for t in group if t.metrics and xm in t.metrics and ym in t.metrics]
@@ -191,7 +199,7 @@ REPORT = Environment(autoescape=True).from_string(
  table { border-collapse: collapse; font-size: .85em; width: 100%; }
  th, td { border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
  th { background: #f3f3f3; } tr.best { background: #fff3d6; } .infeasible { color: #888; }
- .failed { color: #c62828; } .box { display: flex; gap: 2em; flex-wrap: wrap; }
+ .failed { color: #c62828; } tr.short { color: #888; font-style: italic; } .box { display: flex; gap: 2em; flex-wrap: wrap; }
  .box > div { background: #f7f7f7; padding: .5em 1em; border-radius: 6px; }
  code { font-size: .95em; }
 </style></head>
@@ -216,11 +224,12 @@ REPORT = Environment(autoescape=True).from_string(
 <script>Plotly.newPlot("front", {{ figure.data|tojson }}, {{ figure.layout|tojson }}, {responsive: true});</script>
 <h2>Trials</h2>
 <table id="trials"><thead><tr><th>#</th><th>id</th><th>state</th><th>strategy</th><th>parameters</th>
-<th>accuracy</th><th>size (bytes)</th><th>ratio</th><th>reason</th><th>checkpoint</th></tr></thead><tbody>
-{% for t in trials %}<tr class="{{ 'best' if job.best and t.id == job.best.id else '' }} {{ 'infeasible' if t.feasible is false else '' }} {{ 'failed' if t.state == 'failed' else '' }}">
+<th>fidelity</th><th>accuracy</th><th>size (bytes)</th><th>ratio</th><th>reason</th><th>checkpoint</th></tr></thead><tbody>
+{% for t in trials %}<tr class="{{ 'best' if job.best and t.id == job.best.id else '' }} {{ 'infeasible' if t.feasible is false else '' }} {{ 'failed' if t.state == 'failed' else '' }} {{ 'short' if t.fidelity < 1 else '' }}">
 <td>{{ t.number }}</td><td>{{ t.id }}</td><td>{{ t.state }}{% if t.feasible is false %} (infeasible){% endif %}</td>
 <td>{{ t.strategy }}</td>
 <td>{% for k, v in t.params|dictsort %}<code>{{ k }}={{ fmt(v) }}</code> {% endfor %}</td>
+<td>{{ fmt(t.fidelity) }}{% if t.rung %} (rung {{ t.rung }}){% endif %}{% if t.parent %}, from id {{ t.parent }}{% endif %}</td>
 <td>{{ pct(t.metrics.accuracy) if t.metrics and t.metrics.accuracy is defined else "" }}</td>
 <td>{{ t.metrics.size_bytes if t.metrics else "" }}</td>
 <td>{{ "%.2f"|format(t.metrics.compression_ratio) if t.metrics and t.metrics.compression_ratio is defined else "" }}</td>

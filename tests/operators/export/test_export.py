@@ -36,6 +36,7 @@ CASES = [
     ("lenet5-filter_prune", LENET5, [{"op": "filter_prune", "ratio": 0.5}], 1e-4),
     ("lenet5-int8", LENET5, [{"op": "quantize", "dtype": "int8"}], 1e-4),
     ("mlp-cluster", MLP, [{"op": "cluster", "bits": 3}], 1e-4),
+    ("mlp-cluster-bias", MLP, [{"op": "cluster", "bits": 3, "bias_bits": 3}], 1e-4),
     ("mlp-mpd", MLP, [{"op": "mpd", "blocks": 4}], 1e-4),
     ("lenet5-lowrank", LENET5, [{"op": "lowrank", "rank": 4, "include": "fc1|conv2"}], 1e-4),
 ]  # fmt: skip

@@ -174,3 +174,55 @@ def test_channel_and_head_removal_are_refused_for_exported_programs_with_the_rea
     assert "torch-pruning" in refused["filter_prune"]
     assert "attention" in refused["head_prune"]
     assert refused_ops("mlp") == {}
+
+
+class Affine(nn.Module):
+    """A Linear written as a matmul: ``addmm(b, x, w.t())``, or ``mm(x, w.transpose(0, 1))``."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) * 0.3)
+        self.bias = nn.Parameter(torch.randn(n_out) * 0.1) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.mm(x, self.weight.transpose(0, 1))
+        return torch.addmm(self.bias, x, self.weight.t())
+
+
+class MatmulMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = Affine(32, 24, bias=True), Affine(24, 10, bias=False)
+        self.scale = nn.Parameter(torch.randn(10, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # scale: used twice, so not a Linear
+        y = self.fc2(torch.relu(self.fc1(x)))
+        return torch.mm(y, self.scale.t()) + self.scale.sum()
+
+
+def test_addmm_and_mm_on_a_transposed_parameter_become_linear_layers_ops_find():
+    torch.manual_seed(0)
+    model = MatmulMLP().eval()
+    program = torch.export.export(model, (torch.randn(2, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert {"aten.addmm.default", "aten.mm.default", "aten.t.default"} <= set(map(str, (
+        n.target for n in program.graph.nodes if n.op == "call_function")))  # fmt: skip
+    rewritten = to_layers(program.module())
+    assert layer_paths(rewritten) == ["fc1", "fc2"]
+    assert rewritten.fc2.bias is None and list(rewritten.state_dict()) == list(model.state_dict())
+    assert "aten.addmm" not in rewritten.code and rewritten.code.count("aten.mm") == 1
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), rtol=1e-6, atol=1e-6)
+    cm = apply_strategy(rewritten, [{"op": "prune", "sparsity": 0.5}])
+    assert (cm.model.fc1.weight == 0).float().mean() >= 0.4
+
+
+def test_the_decomposed_linear_of_an_exported_mlp_is_lifted():
+    model, program = _program("mlp", decompose=True)
+    assert "aten.addmm.default" in str(program.graph)
+    rewritten = to_layers(program.module())
+    assert layer_paths(rewritten) == ["fc1", "fc2"]
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), rtol=1e-5, atol=1e-6)

@@ -4,20 +4,21 @@ and hostile or damaged files are refused with a ValueError before anything is al
 import json
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from test_checkpoint import assert_bit_exact
 
 from operators.core.registry import MODULE_KINDS
 from operators.core.strategy import apply_strategy
-from operators.format import container
+from operators.format import container, maskcode
 from operators.format.checkpoint import (
     load_checkpoint,
     read_manifest,
     save_checkpoint,
     save_dense_checkpoint,
 )
-from operators.format.codecs import pack_indices, varint
+from operators.format.codecs import encode_gaps, pack_indices, varint
 from operators.models.zoo import build_model
 
 MLP = ("mlp", {"in_features": 64, "hidden": [48, 32], "num_classes": 10}, (64,))
@@ -266,3 +267,92 @@ def test_a_damaged_blob_is_refused(tmp_path):
     damage(path, path.stat().st_size - 3)  # the blob is the end of this file
     with pytest.raises(ValueError, match="stream blob"):
         container.Container(path).get_tensor("s")
+
+
+# -- context-coded masks ----------------------------------------------------------------------
+
+
+def pixel_structured(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (lenet-300-100) with fc1's columns scaled like an MNIST-trained one's: the
+    border pixels' weights tiny (pruned first), the middle ones' kept."""
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    blob = torch.exp(-((yy - 13.5) ** 2 + (xx - 13.5) ** 2) / 40).reshape(-1)
+    with torch.no_grad():
+        model.fc1.weight.mul_(blob)
+    return model
+
+
+def test_pruned_masks_are_context_coded_smaller_and_exact(lenet, tmp_path, monkeypatch):
+    cm = apply_strategy(
+        pixel_structured(lenet),
+        [{"op": "prune", "sparsity": 0.95, "scope": "layer"}, {"op": "cluster", "bits": 2}],
+    )
+    arch = ("lenet-300-100", {})
+    size = save(cm, tmp_path / "ctx.bin", arch)
+    reader = container.Container(tmp_path / "ctx.bin")
+    assert reader._streams["fc1.positions"][1] == container.MASK_CODE
+    assert reader._views["fc1.positions"][1:] == (300, 784)
+    monkeypatch.setattr(container, "_mask_views", lambda manifest: {})
+    without = save(cm, tmp_path / "plain.bin", arch)
+    assert size < 0.95 * without
+    plain = container.Container(tmp_path / "plain.bin")
+    for key in reader.keys():
+        assert torch.equal(reader.get_tensor(key), plain.get_tensor(key)), key
+    assert_bit_exact(load_checkpoint(tmp_path / "ctx.bin", runtime="dense")[0],
+                     load_checkpoint(tmp_path / "plain.bin", runtime="dense")[0])  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["bitmask", "index"])
+def test_sparse_entries_masks_are_context_coded(tmp_path, encoding):
+    density = torch.full((300,), 0.01)
+    density[100:140] = 0.9  # dense columns, misaligned with the bytes (300 bits a row)
+    mask = torch.rand(200, 300, generator=torch.Generator().manual_seed(0)) < density
+    flat = mask.reshape(-1).numpy()
+    stream = (
+        torch.from_numpy(np.packbits(flat))
+        if encoding == "bitmask"
+        else encode_gaps(np.flatnonzero(flat))[0]
+    )
+    key = f"w.{'mask' if encoding == 'bitmask' else 'index'}"
+    head = {"architecture": "mlp", "config": {}, "input_shape": None, "modules": {}, "metadata": {}}
+    entry = {"encoding": encoding, "shape": [200, 300], "dtype": "float16", "nnz": int(flat.sum())}
+    values = torch.ones(int(flat.sum()), dtype=torch.float16)
+    path = tmp_path / "w.bin"
+    container.write_container(
+        path, {**head, "tensors": {"w": entry}}, {key: stream, "w.values": values}
+    )
+    reader = container.Container(path)
+    assert reader._streams[key][1] == container.MASK_CODE
+    assert torch.equal(reader.get_tensor(key), stream)
+
+
+def lying_file(path, monkeypatch, view: tuple[int, int, int], payload: bytes | None = None):
+    """A file whose stream ``s`` claims to be a context-coded mask viewed ``view``."""
+    real = maskcode.encode(np.ones((1, 8), dtype=bool))
+    monkeypatch.setattr(container, "_mask_views", lambda manifest: {"s": view})
+    monkeypatch.setattr(container, "_mask_steps", lambda view: 0)
+    monkeypatch.setattr(maskcode, "from_stream", lambda *args: np.ones((1, 8), dtype=bool))
+    monkeypatch.setattr(maskcode, "encode", lambda mask: real if payload is None else payload)
+    try:
+        noise = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0))
+        return one_stream_file(path, noise.to(torch.uint8))  # nothing codes it smaller
+    finally:
+        monkeypatch.undo()
+
+
+def test_hostile_context_coded_masks_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "m.bin"
+    with pytest.raises(ValueError, match="too many steps"):
+        lying_file(path, monkeypatch, (2, 1, 1 << 20))
+    with pytest.raises(ValueError, match="bytes of tensors"):
+        lying_file(path, monkeypatch, (2, 1 << 16, 1 << 16))  # 4 Gbit for a tiny file
+    with pytest.raises(ValueError, match="bad mask view"):
+        lying_file(path, monkeypatch, (maskcode.LAYOUTS, 1, 8))
+    with pytest.raises(ValueError, match="bytes for its mask"):
+        lying_file(path, monkeypatch, (0, 1, 8))  # a bitmask of 8 bits is 1 byte, not 64
+    reader = lying_file(path, monkeypatch, (9, 1, 8))  # decodes, to the wrong stream
+    with pytest.raises(ValueError, match="gives 8 bytes, not 64"):
+        reader.get_tensor("s")
+    reader = lying_file(path, monkeypatch, (9, 1, 8), payload=b"\0\1\2")  # truncated payload
+    with pytest.raises(ValueError, match="context-coded mask"):
+        reader.get_tensor("s")

@@ -5,7 +5,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from operators.train.compressors import ADMM, LearningCompression, PenaltySGD, kd_loss
+from operators.train.compressors import (
+    ADMM,
+    LearningCompression,
+    PenaltySGD,
+    admm_w_step,
+    kd_loss,
+)
 from operators.train.finetune import LC_MU_FINAL, lc_mu_mult, lc_steps, method_params
 
 
@@ -134,15 +140,58 @@ def test_lc_with_top_k_converges_to_top_k_of_the_minimiser():
     assert result.history[-1]["gap"] < 1e-2  # w itself converged onto the constraint set
 
 
-def test_admm_residual_goes_to_zero_on_a_toy_quadratic():
+@pytest.mark.parametrize(
+    "w_step", [inner_steps(), admm_w_step(steps=50, lr=0.05)], ids=["proximal", "gradient"]
+)
+def test_admm_residual_goes_to_zero_on_a_toy_quadratic(w_step: PenaltySGD):
     model = Vector(W0)
-    admm = ADMM(
-        project=top_k(3), iterations=30, rho_init=0.1, rho_final=100.0, w_step=inner_steps()
-    )
+    admm = ADMM(project=top_k(3), iterations=30, rho_init=0.1, rho_final=100.0, w_step=w_step)
     result = admm.run(model, quadratic(W0))
     assert result.residuals[-1] < 1e-3 * max(result.residuals)
     assert int((model.w != 0).sum()) <= 3  # hard-projected at the end
     assert torch.allclose(model.w.detach(), TOP3, atol=1e-2)
+
+
+def recording(project, calls: list):
+    """``project``, writing down every tensor it is given (ADMM's W + U after each W-step)."""
+
+    def record(tensors):
+        calls.append(tensors["w"].clone())
+        return project(tensors)
+
+    return record
+
+
+def no_loss(model):
+    return (model.w * 0).sum()  # only the penalty moves w
+
+
+def test_admm_w_step_pulls_with_the_full_penalty_gradient():
+    # one W-step of one SGD step per iteration, at the default momentum: w moves by exactly
+    # lr * rho * (w - z + u), the dual u included (a proximal step would pull 1/(1 + lr rho) of it)
+    calls, lr, rho0, rho1 = [], 0.25, 1.0, 2.0
+    ADMM(project=recording(top_k(3), calls), iterations=2, rho_init=rho0, rho_final=rho1,
+         w_step=admm_w_step(steps=1, lr=lr)).run(Vector(W0), no_loss)  # fmt: skip
+    z0 = TOP3
+    w1 = W0 - lr * rho0 * (W0 - z0)
+    torch.testing.assert_close(calls[1], w1)  # W + U with U = 0
+    z1 = top_k(3)({"w": w1})["w"]
+    u = (w1 - z1) * rho0 / rho1  # U += W - Z, rescaled as rho grows
+    w2 = w1 - lr * rho1 * (w1 - z1 + u)
+    torch.testing.assert_close(calls[2], w2 + u)
+    torch.testing.assert_close(calls[3], w2)  # the final hard projection is given W
+
+
+def test_admm_w_step_settles_where_loss_plus_the_full_penalty_is_least():
+    # f = 1/2 ||w - w0||^2 plus rho/2 ||w - z||^2 is least at (w0 + rho z) / (1 + rho); the
+    # proximal step after the momentum step settled at rho (1 - momentum) instead
+    calls, rho = [], 1.0
+    ADMM(project=recording(top_k(3), calls), iterations=1, rho_init=rho,
+         w_step=admm_w_step(steps=400, lr=0.05)).run(Vector(W0), quadratic(W0))  # fmt: skip
+    assert admm_w_step().momentum == 0.9 == ADMM(project=top_k(3)).w_step.momentum
+    torch.testing.assert_close(calls[1], (W0 + rho * TOP3) / (1 + rho), atol=1e-5, rtol=0)
+    weakened = rho * (1 - 0.9)
+    assert not torch.allclose(calls[1], (W0 + weakened * TOP3) / (1 + weakened), atol=1e-2)
 
 
 def test_projection_must_cover_the_same_names():

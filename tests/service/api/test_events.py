@@ -1,16 +1,16 @@
 """GET /v1/jobs/{id}/events over real HTTP (uvicorn, embedded): the trial and job events in
-order, resumable with Last-Event-ID; progress.eta_seconds and a running trial's stage."""
+order, resumable with Last-Event-ID; progress.eta_seconds in the schema and a running
+trial's stage (the ETA's arithmetic: tests/service/api/test_eta.py)."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
 from client import Client, parse_events
-from service.api.presenters import eta_seconds, objective_of, trial_public
+from service.api.presenters import objective_of, trial_public
 from service.core import repository
 from service.core.db import Job, Trial, session_scope
 from tests.conftest import DIGITS_JOB_SPEC, serve_digits_model
@@ -109,25 +109,6 @@ def test_a_heartbeat_writes_stage_and_progress_once_per_change(digits_job) -> No
         ("trial.failed", "finetune", 0.5),
     ]  # fmt: skip
     assert events[-1].data["error"] == "boom" and shown.epoch == 1.0 and shown.stage is None
-
-
-def test_eta_is_the_remaining_waves_of_the_mean_trial_duration() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    job = Job(state="running", spec={"budget": {"max_trials": 6, "max_parallel": 2}},
-              started_at=now - timedelta(seconds=100))  # fmt: skip
-
-    def trial(state: str, started: float, finished: float | None = None) -> Trial:
-        return Trial(state=state, started_at=now - timedelta(seconds=started),
-                     finished_at=None if finished is None else now - timedelta(seconds=finished))  # fmt: skip
-
-    assert eta_seconds(job, [trial("running", 5)], now) is None  # nothing finished yet
-    trials = [trial("succeeded", 100, 80), trial("failed", 80, 40), trial("running", 10)]
-    # mean 30 s; the running one has 20 s left; 3 trials wait, in 2 waves of 2
-    assert eta_seconds(job, trials, now) == pytest.approx(20 + 2 * 30)
-    job.spec["budget"]["max_minutes"] = 2  # 20 s of time budget left, then one last trial
-    assert eta_seconds(job, trials, now) == pytest.approx(20 + 30)
-    job.state = "succeeded"
-    assert eta_seconds(job, trials, now) == 0.0
 
 
 def test_event_kinds_are_documented_in_the_openapi_schema(finished_stream) -> None:
