@@ -1,0 +1,1 @@
+"""Multi-fidelity search against single fidelity, through the HTTP API (issue 10)."""
