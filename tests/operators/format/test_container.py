@@ -304,9 +304,10 @@ def test_pruned_masks_are_context_coded_smaller_and_exact(lenet, tmp_path, monke
 
 @pytest.mark.parametrize("encoding", ["bitmask", "index"])
 def test_sparse_entries_masks_are_context_coded(tmp_path, encoding):
+    # 240 x 300 bits: above container.MASK_CODE_MIN_BITS, so code 17 is offered
     density = torch.full((300,), 0.01)
     density[100:140] = 0.9  # dense columns, misaligned with the bytes (300 bits a row)
-    mask = torch.rand(200, 300, generator=torch.Generator().manual_seed(0)) < density
+    mask = torch.rand(240, 300, generator=torch.Generator().manual_seed(0)) < density
     flat = mask.reshape(-1).numpy()
     stream = (
         torch.from_numpy(np.packbits(flat))
@@ -315,7 +316,7 @@ def test_sparse_entries_masks_are_context_coded(tmp_path, encoding):
     )
     key = f"w.{'mask' if encoding == 'bitmask' else 'index'}"
     head = {"architecture": "mlp", "config": {}, "input_shape": None, "modules": {}, "metadata": {}}
-    entry = {"encoding": encoding, "shape": [200, 300], "dtype": "float16", "nnz": int(flat.sum())}
+    entry = {"encoding": encoding, "shape": [240, 300], "dtype": "float16", "nnz": int(flat.sum())}
     values = torch.ones(int(flat.sum()), dtype=torch.float16)
     path = tmp_path / "w.bin"
     container.write_container(
@@ -329,6 +330,7 @@ def test_sparse_entries_masks_are_context_coded(tmp_path, encoding):
 def lying_file(path, monkeypatch, view: tuple[int, int, int], payload: bytes | None = None):
     """A file whose stream ``s`` claims to be a context-coded mask viewed ``view``."""
     real = maskcode.encode(np.ones((1, 8), dtype=bool))
+    monkeypatch.setattr(container, "MASK_CODE_MIN_BITS", 0)  # tiny as it is, code 17 is offered
     monkeypatch.setattr(container, "_mask_views", lambda manifest: {"s": view})
     monkeypatch.setattr(container, "_mask_steps", lambda view: 0)
     monkeypatch.setattr(maskcode, "from_stream", lambda *args: np.ones((1, 8), dtype=bool))
