@@ -82,6 +82,16 @@ def _measure(cm: CompressedModel, dataset, folder: Path, name: str) -> dict[str,
     return {**evaluate(cm.model, dataset), "size_bytes": size}
 
 
+def _baseline(model, dataset, folder: Path, start: float) -> dict[str, float]:
+    """The dense model's metrics and checkpoint bytes, printed with the seconds since ``start``."""
+    size = save_dense_checkpoint(
+        model, folder / "dense.safetensors", architecture=ARCHITECTURE, config=CONFIG
+    )
+    baseline = {**evaluate(model, dataset), "size_bytes": size}
+    print("baseline", baseline, f"{time.perf_counter() - start:.0f}s", flush=True)
+    return baseline
+
+
 def _float16(cm: CompressedModel) -> CompressedModel:
     """A copy of the same fine-tuned weights and masks, stored (and run) in float16 values."""
     model = copy.deepcopy(cm.model)
@@ -129,11 +139,7 @@ def staged(out: Path) -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        size = save_dense_checkpoint(
-            model, folder / "dense.safetensors", architecture=ARCHITECTURE, config=CONFIG
-        )
-        result["baseline"] = {**evaluate(model, dataset), "size_bytes": size}
-        print("baseline", result["baseline"], f"{time.perf_counter() - start:.0f}s", flush=True)
+        result["baseline"] = _baseline(model, dataset, folder, start)
         for s, bits in itertools.product(STAGED_SPARSITIES, STAGED_BITS):
             began = time.perf_counter()
             cm = run_strategy(model, staged_steps(s, bits), dataset, STAGED_FINETUNE, seed=0)
@@ -176,11 +182,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        size = save_dense_checkpoint(
-            model, folder / "dense.safetensors", architecture=ARCHITECTURE, config=CONFIG
-        )
-        result["baseline"] = {**evaluate(model, dataset), "size_bytes": size}
-        print("baseline", result["baseline"], f"{time.perf_counter() - start:.0f}s", flush=True)
+        result["baseline"] = _baseline(model, dataset, folder, start)
 
         result["global"] = []
         for s in GLOBAL_SPARSITIES:

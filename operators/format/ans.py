@@ -70,6 +70,19 @@ def encode(symbols: np.ndarray, bits: int) -> bytes:
     return varint(lanes) + table + x.astype("<u4").tobytes() + words.tobytes()
 
 
+def read_states(reader: ByteReader, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``lanes`` 32-bit coder states and the 16-bit words after them, to the end of the
+    reader's payload (ValueError, naming ``what``, for half a word or an invalid state)."""
+    x = np.frombuffer(reader.take(4 * lanes), dtype="<u4").astype(np.uint64)
+    rest = reader.take(len(reader.data) - reader.pos)
+    if len(rest) % 2:
+        raise ValueError(f"{what} is truncated (half a word)")
+    words = np.frombuffer(rest, dtype="<u2").astype(np.uint64)
+    if (x < _LOW).any():
+        raise ValueError(f"{what} has an invalid state")
+    return x, words
+
+
 def decode(payload: bytes, bits: int, count: int) -> np.ndarray:
     """The ``count`` symbols :func:`encode` stored in ``payload`` (ValueError if invalid)."""
     alphabet, reader = 1 << bits, ByteReader(payload, "rANS stream")
@@ -80,13 +93,7 @@ def decode(payload: bytes, bits: int, count: int) -> np.ndarray:
     if sum(counts) != TOTAL:
         raise ValueError("rANS frequencies do not sum to the total")
     freq = np.array(counts, dtype=np.int64)
-    x = np.frombuffer(reader.take(4 * lanes), dtype="<u4").astype(np.uint64)
-    rest = reader.take(len(payload) - reader.pos)
-    if len(rest) % 2:
-        raise ValueError("rANS stream is truncated (half a word)")
-    words = np.frombuffer(rest, dtype="<u2").astype(np.uint64)
-    if (x < _LOW).any():
-        raise ValueError("rANS stream has an invalid state")
+    x, words = read_states(reader, lanes, "rANS stream")
     lookup = np.repeat(np.arange(alphabet), freq)
     f64 = freq.astype(np.uint64)
     cdf = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint64)

@@ -40,6 +40,7 @@ from bisect import bisect_right
 import numpy as np
 import torch
 
+from operators.format import ans
 from operators.format.codecs import ByteReader, decode_gaps, encode_gaps, varint
 
 PRECISION = 15
@@ -146,13 +147,7 @@ def decode(payload: bytes, rows: int, cols: int) -> np.ndarray:
     offset = reader.varint()
     if offset >= cols:
         raise ValueError(f"context-coded mask has an offset {offset} for {cols} columns")
-    x = np.frombuffer(reader.take(4 * lanes), dtype="<u4").astype(np.uint64)
-    rest = reader.take(len(payload) - reader.pos)
-    if len(rest) % 2:
-        raise ValueError("context-coded mask is truncated (half a word)")
-    words = np.frombuffer(rest, dtype="<u2").astype(np.uint64)
-    if (x < _LOW).any():
-        raise ValueError("context-coded mask has an invalid state")
+    x, words = ans.read_states(reader, lanes, "context-coded mask")
     coder = _Coder(rows, cols, offset)
     out = np.empty((rows, cols), dtype=np.int64)
     total, low, used = np.uint64(TOTAL), np.uint64(TOTAL - 1), 0

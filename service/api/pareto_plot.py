@@ -140,39 +140,18 @@ def render_front(
         groups["short" if trial_fidelity(t) < 1.0 else key].append((values[0], values[1]))
     failed = [t for t in trials if t.state == "failed"]
     handles = []
-    if groups["feasible"]:
-        xs, ys = zip(*groups["feasible"], strict=True)
-        handles.append(
-            ax.scatter(xs, ys, s=40, c=FEASIBLE, marker="o", label="feasible", gid="feasible")
-        )
-    if groups["infeasible"]:
-        xs, ys = zip(*groups["infeasible"], strict=True)
-        handles.append(
-            ax.scatter(
-                xs,
-                ys,
-                s=45,
-                c=INFEASIBLE,
-                marker="^",
-                label="infeasible (violates a bound)",
-                gid="infeasible",
-            )
-        )
-    if groups["short"]:
-        xs, ys = zip(*groups["short"], strict=True)
-        handles.append(
-            ax.scatter(
-                xs,
-                ys,
-                s=40,
-                marker="o",
-                facecolors="none",
-                edgecolors=SHORT,
-                linewidths=1.2,
-                label=SHORT_LABEL,
-                gid="short-fine-tune",
-            )
-        )
+    styles = {  # group -> scatter style (gid: the SVG group id the tests and CSS find)
+        "feasible": {"s": 40, "c": FEASIBLE, "marker": "o", "label": "feasible"},
+        "infeasible": {"s": 45, "c": INFEASIBLE, "marker": "^",
+                       "label": "infeasible (violates a bound)"},
+        "short": {"s": 40, "marker": "o", "facecolors": "none", "edgecolors": SHORT,
+                  "linewidths": 1.2, "label": SHORT_LABEL},
+    }  # fmt: skip
+    gids = {"feasible": "feasible", "infeasible": "infeasible", "short": "short-fine-tune"}
+    for group, style in styles.items():
+        if groups[group]:
+            xs, ys = zip(*groups[group], strict=True)
+            handles.append(ax.scatter(xs, ys, gid=gids[group], **style))
     front_pts = sorted((v[0], v[1]) for t, v in placed if t.id in front_ids and v is not None)
     if front_pts:
         xs, ys = zip(*front_pts, strict=True)
