@@ -26,10 +26,15 @@ candidates (:class:`.observation.Proposal`, each with the reason it was chosen):
    the unit cube) and every combination enumerated by ``optimize_acqf_mixed``. With
    ``SearchSettings(method="two-phase")``, Condensa's two phases instead (:mod:`.levelset`).
 3. Failed trials and non-finite metrics stay in the data as infeasible points: the worst
-   observed objective value and a constraint value beyond its bound. Only full-fidelity
-   trials (``Observation.fidelity >= 1``) are data: a shorter fine-tune's result measures
-   another function, so it only counts as explored (for the Sobol points) and in
-   ``n_observations``.
+   observed objective value and a constraint value beyond its bound. A shorter fine-tune's
+   result (``Observation.fidelity < 1``, a rung of a multi-fidelity search) measures
+   another function, the same one at less training: with ``low_fidelity_data`` (method
+   ``"bo"``) it is data all the same, the fidelity an extra input column of every GP, and
+   every prediction (acquisition, incumbent, noise checks, the proposal's ``predicted``) is
+   made at fidelity 1 (:class:`_AtFullFidelity`), so a job with rungs models its many short
+   trials instead of the few full ones. Without it (or with ``"two-phase"``) only
+   full-fidelity trials are data, and a shorter one counts only as explored (for the Sobol
+   points) and in ``n_observations``.
 4. Measurement noise (:mod:`.noise`): a metric whose noise is known (accuracy with
    ``SearchSettings.validation_samples``, or replicates) has it as the GP's fixed noise
    (``train_Yvar``), carried into modelled units by the warp's slope (delta method); an
@@ -80,6 +85,7 @@ from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputO
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
+from botorch.models.model import Model
 from botorch.models.transforms.outcome import Standardize
 from botorch.optim import optimize_acqf, optimize_acqf_mixed
 from botorch.sampling import SobolQMCNormalSampler
@@ -172,6 +178,9 @@ class SearchSettings:
     #: per trial (its expected improvement, times the chance of feasibility, a few percent
     #: of the best) has not converged, though each step is too small to skip a point for.
     stop_relative_gain: float = 0.01
+    #: Shorter fine-tunes (rungs) are data too, with their fidelity as a GP input column and
+    #: predictions at fidelity 1 (the module docstring, item 3); method "bo" only.
+    low_fidelity_data: bool = True
 
     def __post_init__(self) -> None:
         n = self.validation_samples
@@ -243,6 +252,7 @@ SPEC_FIELDS: dict[str, tuple[type, float, float]] = {
     "stop_below_noise": (bool, 0, 1),
     "stop_min_trials": (int, 2, 10_000),
     "stop_relative_gain": (float, 0.0, 1.0),
+    "low_fidelity_data": (bool, 0, 1),
 }
 
 
@@ -593,12 +603,13 @@ def _analytic_constraints(
 
 @dataclass
 class _Fitted:
-    """The model and what is needed to read it: the training inputs (full-fidelity trials),
+    """The model (read at full fidelity) and what is needed to read it: the training inputs
+    (the encoded candidates, without the fidelity column),
     the modelled metrics (``names``), their warps, the constraint bounds in modelled units,
     which training rows were observed feasible and which were usable (not failed), and each
     metric's ``resolution`` in modelled units (the module docstring's "within the noise")."""
 
-    model: ModelListGP
+    model: ModelListGP | _AtFullFidelity
     X: Tensor
     Z: Tensor
     names: list[str]
@@ -616,9 +627,16 @@ def _fit(
     settings: SearchSettings,
     seed: int,
 ) -> _Fitted:
-    """Warp the observed full-fidelity metrics (:mod:`.warp`), carry their measurement
-    variances (:mod:`.noise`) into modelled units, and fit one GP per modelled metric."""
-    history = [obs for obs in history if is_full_fidelity(obs)]
+    """Warp the observed metrics (:mod:`.warp`), carry their measurement variances
+    (:mod:`.noise`) into modelled units, and fit one GP per modelled metric: on the
+    full-fidelity trials, or on every trial with its fidelity as a last input column (the
+    module docstring, item 3)."""
+    with_fidelity = (
+        settings.low_fidelity_data and settings.method == "bo"
+        and any(not is_full_fidelity(obs) for obs in history)
+    )  # fmt: skip
+    if not with_fidelity:
+        history = [obs for obs in history if is_full_fidelity(obs)]
     X, Y, names = _training_data(space, objective, history)
     warps = choose_warps(objective, names, Y)
     Z = torch.stack([w.transform(Y[:, j]) for j, w in enumerate(warps)], dim=-1)
@@ -639,11 +657,39 @@ def _fit(
             Zvar[:, j] = math.nan  # no measurement noise: the GP's own noise takes its misfit
         floor = 1e-6 * float(Z[usable, j].var()) if int(usable.sum()) > 1 else 1e-12
         Zvar[:, j] = Zvar[:, j].clamp_min(max(floor, 1e-12))
-    model = _fit_model(X, Z, space.categorical_columns, settings, seed, Zvar)
+    inputs = X
+    if with_fidelity:
+        fidelity = torch.tensor([[min(obs.fidelity, 1.0)] for obs in history], dtype=X.dtype)
+        inputs = torch.cat([X, fidelity], dim=-1)
+    model = _fit_model(inputs, Z, space.categorical_columns, settings, seed, Zvar)
     feasible = torch.tensor([objective.is_feasible(obs.metrics) for obs in history])
     resolution = _resolution(model, names, warps, Y[usable], Zvar[usable], settings)
     bounds = warped_bounds(objective, names, warps)
-    return _Fitted(model, X, Z, names, warps, bounds, feasible, usable, resolution)
+    read: ModelListGP | _AtFullFidelity = _AtFullFidelity(model) if with_fidelity else model
+    return _Fitted(read, X, Z, names, warps, bounds, feasible, usable, resolution)
+
+
+class _AtFullFidelity(Model):
+    """A model fitted with the fidelity as its last input column, read at fidelity 1: every
+    ``posterior(X)`` of the ``d`` encoded columns gets a column of ones appended, so the
+    acquisition functions, the incumbent and the noise checks all see the full-fidelity
+    prediction and need not know about fidelity."""
+
+    def __init__(self, model: ModelListGP) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def num_outputs(self) -> int:
+        return self.model.num_outputs
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.model.batch_shape
+
+    def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> Any:
+        ones = torch.ones(*X.shape[:-1], 1, dtype=X.dtype, device=X.device)
+        return self.model.posterior(torch.cat([X, ones], dim=-1), *args, **kwargs)
 
 
 def _resolution(

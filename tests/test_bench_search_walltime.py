@@ -59,7 +59,7 @@ def test_lenet_staged_returns_measured_points_and_interpolates_between_them(tmp_
     assert between["accuracy_drop"] == pytest.approx(0.014)
 
 
-def test_lenet_staged_space_is_the_default_deep_compression_range(tmp_path):
+def test_lenet_staged_space_is_the_measured_deep_compression_range(tmp_path):
     problem = lenet_staged(_landscape(tmp_path))
     (strategy,) = problem.space.strategies
     assert strategy.name == "deep-compression"

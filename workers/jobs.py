@@ -298,6 +298,7 @@ def _ensure_baseline(
             data_roots,
             staged.path,
             latency_batch_size=job.spec.get("latency_batch_size", settings.latency_batch_size),
+            max_dataset_elements=settings.max_dataset_elements,
         )
         artifact = store.register(session, "baseline", staged.relative, written_at=staged.path)
         baseline["checkpoint_artifact_id"] = artifact.id
@@ -463,6 +464,7 @@ def evaluate_trial(settings: Settings, dispatcher: Dispatcher, trial_id: int, at
                 checkpoint_path=checkpoint.path,
                 device=device,
                 latency_batch_size=spec.get("latency_batch_size", settings.latency_batch_size),
+                max_dataset_elements=settings.max_dataset_elements,
                 should_stop=heartbeat.should_stop,
                 on_progress=on_progress,
                 on_stage=on_stage,

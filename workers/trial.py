@@ -114,11 +114,14 @@ def compute_baseline(
     checkpoint_path: Path,
     *,
     latency_batch_size: int = 1,
+    max_dataset_elements: int | None = None,
 ) -> dict[str, Any]:
-    """Accuracy and size of the uncompressed model: the reference of accuracy_drop and ratios."""
+    """Accuracy and size of the uncompressed model: the reference of accuracy_drop and ratios.
+    An ``npz:`` dataset declaring more than ``max_dataset_elements`` elements is refused
+    before it is inflated."""
     device = torch.device("cpu")
     model = load_model(source)
-    dataset = load_dataset(dataset_ref, data_roots)
+    dataset = load_dataset(dataset_ref, data_roots, max_dataset_elements)
     check_model_fits_dataset(model, dataset)
     size = save_dense_checkpoint(
         model, checkpoint_path, architecture=source.architecture, config=source.config
@@ -247,6 +250,7 @@ def run_trial(
     start_from: Path | None = None,
     resume_epochs: float | None = None,
     prior_epochs: float = 0.0,
+    max_dataset_elements: int | None = None,
 ) -> dict[str, Any]:
     """Apply the steps, fine-tune, write the packed checkpoint, and measure it as reloaded.
     `on_stage` hears each stage's name as it begins: load, apply, finetune, save, measure.
@@ -264,7 +268,7 @@ def run_trial(
     started = time.perf_counter()
     stage("load")
     model = load_model(source)
-    dataset = load_dataset(dataset_ref, data_roots)
+    dataset = load_dataset(dataset_ref, data_roots, max_dataset_elements)
     run = {"seed": seed, "device": device, "should_stop": should_stop, "on_progress": on_progress}
     compressed, start, epochs = None, "fresh", 0.0
     if start_from is not None and resume_epochs is not None:

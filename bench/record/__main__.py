@@ -10,7 +10,8 @@ through the real HTTP API, within a wall-time budget; judged on the test split.
 2. An embedded server (SQLite, in-process worker, a temporary home); the model is registered
    over HTTP and one job submitted: **no ``search_space``** (the service's default space for
    the model), maximise ``compression_ratio`` subject to ``accuracy_drop <= --max-drop`` on
-   the validation split, masked fine-tuning ``--finetune-epochs`` per stage (Adam, lr 1e-3),
+   the validation split, masked fine-tuning ``--finetune-epochs`` per stage (Adam, lr 1e-3,
+   ``--schedule`` constant or cosine),
    ``budget.max_minutes`` = ``--minutes`` (``max_trials`` 1000), one trial at a time.
 3. The job's best checkpoint is downloaded; its size is the file's bytes; its test accuracy
    is measured here on the 10,000 t10k images the search never saw, and compared with the
@@ -65,7 +66,7 @@ def job_spec(model_id: int, args: argparse.Namespace) -> dict[str, Any]:
         "objective": {"maximize": "compression_ratio",
                       "constraints": [{"metric": "accuracy_drop", "max": args.max_drop}]},  # fmt: skip
         "finetune": {"method": "masked", "epochs": args.finetune_epochs, "lr": 1e-3,
-                     "batch_size": 128},  # fmt: skip
+                     "batch_size": 128, "schedule": args.schedule},  # fmt: skip
         "budget": {"max_trials": 1000, "max_parallel": 1, "max_minutes": args.minutes},
         "seed": args.seed,
     }
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                        help="the fine-tune's learning-rate schedule (per stage)")
     parser.add_argument("--epochs", type=float, default=6.0, help="baseline training epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
@@ -97,7 +100,7 @@ def main() -> None:
             best = job.get("best")
             result: dict[str, Any] = {
                 "model": args.model, "minutes": args.minutes, "max_drop": args.max_drop,
-                "finetune_epochs": args.finetune_epochs, "wall_s": round(wall, 1),
+                "finetune_epochs": args.finetune_epochs, "schedule": args.schedule, "wall_s": round(wall, 1),
                 "state": job["state"], "stop_reason": job.get("stop_reason"),
                 "trials": len(trials), "search_space": job["spec"].get("search_space"),
                 "baseline": job.get("baseline"),

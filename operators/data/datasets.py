@@ -116,11 +116,17 @@ def load_dataset(
     return _load_idx_dir(path, ref, normalize=normalize)
 
 
-def check_reference(ref: str, data_roots: Sequence[Path] = ()) -> None:
-    """Raise DatasetError if ``ref`` does not name loadable files; cheap, reads no data."""
+def check_reference(
+    ref: str, data_roots: Sequence[Path] = (), max_elements: int | None = None
+) -> None:
+    """Raise DatasetError if ``ref`` does not name loadable files, or names an ``npz:`` file
+    whose ``.npy`` headers declare more than ``max_elements`` elements; cheap, inflates no
+    data."""
     kind, path = _locate(ref, data_roots)
     if kind in ("mnist", "idx"):
         _idx_files(path, ref)
+    if kind == "npz":
+        inspect_npz(path, max_elements, ref, verify=False)
 
 
 def _locate(ref: str, data_roots: Sequence[Path]) -> tuple[str, Path]:

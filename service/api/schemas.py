@@ -181,7 +181,9 @@ class JobCreate(Strict):
         "Noise-aware settings (bo, single objective): skip_within_noise (true), noise_sigmas "
         "(1.0), near_distance (0.05), min_relative_change (0.05), stop_below_noise (true), "
         "stop_min_trials (10), stop_relative_gain (0.01: a noiseless objective's "
-        "convergence threshold, a fraction of its best); the accuracy's noise is the binomial standard error of the "
+        "convergence threshold, a fraction of its best); low_fidelity_data (true: with "
+        "budget.rungs, the shorter fine-tunes are model data too, the fidelity one more GP "
+        "input and every prediction made at fidelity 1); the accuracy's noise is the binomial standard error of the "
         "validation split (see docs/job-spec.md, Measurement noise).",
     )
     warm_start: bool = Field(

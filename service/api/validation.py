@@ -120,7 +120,9 @@ def validate_job(body: JobCreate, session: Session, settings: Settings, caller: 
     if upload_row is not None and owned_upload(session, caller, upload_row) is None:
         raise Invalid("body.dataset", f"{body.dataset}: no uploaded dataset {upload_id!r} (upload one: POST /v1/datasets)")
     try:
-        check_reference(*resolve_reference(body.dataset, settings, session))
+        check_reference(
+            *resolve_reference(body.dataset, settings, session), settings.max_dataset_elements
+        )
     except DatasetError as exc:
         raise Invalid("body.dataset", str(exc)) from exc
     try:

@@ -442,22 +442,54 @@ def test_near_duplicate_trials_drop_on_the_noisy_plateau(high_sparsity, fast):
     assert before >= 4 and after <= before // 2, (before, after)  # measured here: 5 and 2
 
 
-def test_low_fidelity_results_are_no_model_data_and_never_best(constrained, one_d, fast):
+def _short(sparsity: float, fidelity: float = 0.25) -> Observation:
+    """A shorter fine-tune's result at ``sparsity``: the toy drop of ``one_d`` plus 0.1 (less
+    training recovers less)."""
+    drop = sparsity**3 + 0.1
+    return Observation(
+        Candidate("prune", {"0.sparsity": sparsity}),
+        {"compression_ratio": 1.0 + sparsity, "accuracy_drop": drop},
+        fidelity,
+    )
+
+
+def test_low_fidelity_results_are_no_model_data_when_switched_off_and_never_best(
+    constrained, one_d, fast
+):
     history = run_history(one_d, 5)
     short = Observation(
         Candidate("prune", {"0.sparsity": 0.7}),
         {"compression_ratio": 9.0, "accuracy_drop": 0.0},
         0.25,
     )
-    fitted = _fit(one_d, constrained, [*history, short], fast, seed=0)
+    off = replace(fast, low_fidelity_data=False)
+    fitted = _fit(one_d, constrained, [*history, short], off, seed=0)
     assert fitted.X.shape[0] == 5  # the shorter fine-tune is not in the model
     assert best_feasible([*history, short], constrained) != 5
-    assert (
-        propose(one_d, constrained, [*history, short], [], 1, seed=0, settings=fast)[0].reason[
-            "n_observations"
-        ]
-        == 6
-    )
+    for settings in (off, fast):
+        proposal = propose(one_d, constrained, [*history, short], [], 1, seed=0, settings=settings)
+        assert proposal[0].reason["n_observations"] == 6
+
+
+def test_low_fidelity_results_are_model_data_read_at_full_fidelity(constrained, one_d, fast):
+    full = run_history(one_d, 3)
+    shorts = [_short(s) for s in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)]
+    fitted = _fit(one_d, constrained, [*full, *shorts], fast, seed=0)
+    assert fitted.X.shape == (10, 1)  # every trial, encoded without the fidelity column
+    train_inputs = fitted.model.model.models[1].train_inputs[0]
+    assert train_inputs.shape == (10, 2) and sorted(set(train_inputs[:, 1].tolist())) == [0.25, 1.0]
+    # at a sparsity only a short fine-tune saw, the prediction is the full-fidelity drop
+    # (the toy's x**3), not the short one's (0.1 more), once the offset is learnt
+    x = torch.tensor([[0.65]], dtype=torch.double)
+    with torch.no_grad():
+        z = fitted.model.posterior(x).mean[0, 1]
+    drop = float(fitted.warps[1].untransform(z))
+    assert abs(drop - 0.65**3) < abs(drop - (0.65**3 + 0.1)), drop
+    proposal = propose(one_d, constrained, [*full, *shorts], [], 1, seed=0, settings=fast)[0]
+    assert proposal.reason["method"] == "LogCEI", proposal.reason
+    pending = [Candidate("prune", {"0.sparsity": 0.42})]
+    batch = propose(one_d, constrained, [*full, *shorts], pending, 2, seed=0, settings=fast)
+    assert [p.reason["method"] for p in batch] == ["qLogNEI", "qLogNEI"], batch[0].reason
 
 
 def test_noise_settings_parse_and_reject_bad_values():

@@ -95,3 +95,21 @@ def test_trial_runs_and_its_checkpoint_reloads(case: str, baseline, tmp_path: Pa
     for name, encodings in expected.get("encodings", {}).items():
         assert tensors[name]["encoding"] in encodings, (name, tensors[name])
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_an_npz_dataset_over_the_element_limit_is_refused_before_it_is_loaded(
+    digits_model: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from operators.data.datasets import DatasetError
+
+    arrays = {"x_train": np.zeros((40, 64), np.float32), "y_train": np.arange(40) % 10,
+              "x_val": np.zeros((10, 64), np.float32), "y_val": np.arange(10)}  # fmt: skip
+    np.savez(tmp_path / "d.npz", **arrays)  # 3,250 elements
+    source = ModelSource("mlp", CONFIG, digits_model)
+    with pytest.raises(DatasetError, match="more than the limit of 3000"):
+        compute_baseline(source, "npz:d.npz", [tmp_path], tmp_path / "b.safetensors",
+                         max_dataset_elements=3000)  # fmt: skip
+    assert compute_baseline(source, "npz:d.npz", [tmp_path], tmp_path / "b.safetensors",
+                            max_dataset_elements=4000)["size_bytes"] > 0  # fmt: skip

@@ -141,6 +141,27 @@ def test_dataset_path_outside_the_data_roots_is_refused(client: TestClient, tmp_
         assert fields(reply) == ["body.dataset"], ref
 
 
+def test_npz_dataset_in_a_data_root_over_the_element_limit_is_refused_at_submission(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    settings = Settings(home=tmp_path / "home", data_roots=[tmp_path / "data"], max_dataset_elements=2000)
+    (tmp_path / "data").mkdir()
+    arrays = {"x_train": np.zeros((40, 64), np.float32), "y_train": np.zeros(40, np.int64),
+              "x_val": np.zeros((10, 64), np.float32), "y_val": np.zeros(10, np.int64)}  # fmt: skip
+    np.savez(tmp_path / "data" / "big.npz", **arrays)  # 3,250 elements
+    arrays["x_train"] = arrays["x_train"][:8]
+    arrays["y_train"] = arrays["y_train"][:8]
+    np.savez(tmp_path / "data" / "small.npz", **arrays)  # 1,170 elements
+    with TestClient(create_app(settings)) as c:
+        model_id = register(c).json()["id"]
+        reply = c.post("/v1/jobs", json=job(model_id, dataset="npz:big.npz"))
+        assert fields(reply) == ["body.dataset"] and "more than the limit of 2000" in reply.text
+        small = c.post("/v1/jobs", json=job(model_id, dataset="npz:small.npz"))
+        assert small.status_code == 202, small.text
+
+
 def test_unknown_ids_are_404_json(client: TestClient) -> None:
     for path in ("/v1/jobs/5", "/v1/jobs/5/trials", "/v1/trials/5", "/v1/trials/5/checkpoint", "/v1/models/5"):
         reply = client.get(path)
