@@ -120,8 +120,9 @@ def check_reference(
     ref: str, data_roots: Sequence[Path] = (), max_elements: int | None = None
 ) -> None:
     """Raise DatasetError if ``ref`` does not name loadable files, or names an ``npz:`` file
-    whose ``.npy`` headers declare more than ``max_elements`` elements; cheap, inflates no
-    data."""
+    that :func:`inspect_npz` refuses (not a zip, pickled or missing arrays, more than
+    ``max_elements`` elements); cheap: of an ``.npz`` only the zip directory, the ``.npy``
+    headers and the labels are read, and no samples are loaded."""
     kind, path = _locate(ref, data_roots)
     if kind in ("mnist", "idx"):
         _idx_files(path, ref)
