@@ -21,7 +21,8 @@ Per model (random init; nothing is downloaded):
    so fine-tuning and selection cost what the 2 cores allow; ``--dataset builtin`` gives the
    jobs ``builtin:mnist`` itself (55,000 train, 5,000 validation; each trial then also reports
    ``test_accuracy_drop``).
-3. **Two jobs**, each ``--trials`` trials, one at a time, masked fine-tuning of
+3. **Two jobs** (``--jobs``: both, or only ``size`` or ``speed``), each ``--trials`` trials,
+   one at a time, masked fine-tuning of
    ``--finetune-epochs`` epochs of the job's training set; the service's optimiser picks every
    strength (ranges only):
    - *size*: minimise ``size_bytes`` subject to ``accuracy_drop <= 0.01``; space ``prune``
@@ -342,6 +343,8 @@ def bench_model(name: str, api: Client, url: str, mnist: Dataset, data: Dataset,
         "head_prune_registered": "head_prune" in OPS, "jobs": {},
     }  # fmt: skip
     for tag, job in jobs.items():
+        if tag not in args.jobs:
+            continue
         outcome = run_job(api, job, folder, f"{name}-{tag}")
         outcome["spec"] = job
         if "checkpoint" in outcome:
@@ -417,6 +420,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--finetune-epochs", type=float, help="fine-tuning epochs per trial (0.25; quick 0.5)"
     )
     parser.add_argument("--dataset", choices=("subset", "builtin"), default="subset")
+    parser.add_argument("--jobs", default="size,speed", help="comma-separated: size,speed")
     parser.add_argument(
         "--size-space", choices=("prune-cluster", "default"), default="prune-cluster"
     )
@@ -435,6 +439,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
+    if not args.jobs or set(args.jobs) - {"size", "speed"}:
+        parser.error(f"--jobs: {args.jobs}; choose from size, speed")
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown or not args.models:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")

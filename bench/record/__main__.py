@@ -12,7 +12,9 @@ through the real HTTP API, within a wall-time budget; judged on the test split.
    the model), maximise ``compression_ratio`` subject to ``accuracy_drop <= --max-drop`` on
    the validation split, masked fine-tuning ``--finetune-epochs`` per stage (Adam, lr 1e-3,
    ``--schedule`` constant or cosine),
-   ``budget.max_minutes`` = ``--minutes`` (``max_trials`` 1000), one trial at a time.
+   ``budget.max_minutes`` = ``--minutes`` (``max_trials`` 1000), one trial at a time;
+   ``--warm-start`` sets the job's ``warm_start`` (a proposal that extends a finished trial
+   starts from its checkpoint, its pruning schedule ramping on from the parent's sparsity).
 3. The job's best checkpoint is downloaded; its size is the file's bytes; its test accuracy
    is measured here on the 10,000 t10k images the search never saw, and compared with the
    baseline's. Printed as JSON and written to ``--out``, with each trial's finish time and
@@ -69,6 +71,7 @@ def job_spec(model_id: int, args: argparse.Namespace) -> dict[str, Any]:
                      "batch_size": 128, "schedule": args.schedule},  # fmt: skip
         "budget": {"max_trials": 1000, "max_parallel": 1, "max_minutes": args.minutes},
         "seed": args.seed,
+        "warm_start": args.warm_start,
     }
 
 
@@ -80,6 +83,9 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                         help="the fine-tune's learning-rate schedule (per stage)")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="the job's warm_start: a proposal that extends a finished trial "
+                             "starts from its checkpoint")
     parser.add_argument("--epochs", type=float, default=6.0, help="baseline training epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
@@ -100,7 +106,8 @@ def main() -> None:
             best = job.get("best")
             result: dict[str, Any] = {
                 "model": args.model, "minutes": args.minutes, "max_drop": args.max_drop,
-                "finetune_epochs": args.finetune_epochs, "schedule": args.schedule, "wall_s": round(wall, 1),
+                "finetune_epochs": args.finetune_epochs, "schedule": args.schedule,
+                "warm_start": args.warm_start, "wall_s": round(wall, 1),
                 "state": job["state"], "stop_reason": job.get("stop_reason"),
                 "trials": len(trials), "search_space": job["spec"].get("search_space"),
                 "baseline": job.get("baseline"),

@@ -147,6 +147,11 @@ class Op:
         (their masks accumulate); ops that remove what they prune override this."""
         return dataclasses.replace(self, **{self.STRENGTH: target})
 
+    def start_strength(self, cm: CompressedModel) -> float:
+        """The strength ``cm`` already has for this op, where a schedule's ramp starts (0.0:
+        none; masking ops override it with the share of their weights already zero)."""
+        return 0.0
+
 
 # -- layer selection --------------------------------------------------------------------------
 

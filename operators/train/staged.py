@@ -10,7 +10,11 @@ each compressing further and then fine-tuning:
   (``prune`` / ``block_prune`` ``sparsity``, ``neuron_prune`` / ``filter_prune`` ``ratio``): the
   strength is reached in ``n`` stages, ``s_t = s (1 - (1 - t/n)^3)`` (Zhu and Gupta's gradual
   pruning) or ``s t / n``, with fine-tuning after each stage (the step's ``finetune``, else the
-  job's).
+  job's). Where the model already has some of the strength when the schedule begins
+  (:meth:`~operators.core.op.Op.start_strength`: a ``prune`` on weights already partly zero,
+  as a warm start's parent's are), the ramp starts there: ``s_0 + (s - s_0) f_t``, where
+  ``f_t`` is the ramp above for ``s = 1``, so a warm start prunes on from its parent's sparsity
+  instead of spending its first stages below it.
 
 After the last step the job's fine-tuning runs, unless the last step carried its own. So Deep
 Compression's order, prune, retrain, prune more, retrain, cluster, lower precision, retrain,
@@ -50,10 +54,26 @@ MAX_STAGES = 20
 @dataclass
 class Stage:
     """Ops applied together, then one fine-tuning (``finetune`` overrides the job's; None: the
-    job's)."""
+    job's). A stage of a schedule has ``ramp``: the scheduled op at its full strength and the
+    ramp's fractions of that strength before and after this stage (its last op is that op at
+    the stage's strength, planned from strength 0)."""
 
     ops: list[Op]
     finetune: dict[str, Any] | None = None
+    ramp: tuple[Op, float, float] | None = None
+
+    def ops_from(self, start: float) -> list[Op]:
+        """The stage's ops with its ramp starting at strength ``start`` (what the model already
+        has, :meth:`Op.start_strength`) instead of 0: ``start + (s - start) * fraction``, so
+        every stage at the full strength ``s`` when ``start`` is at least ``s``. Unchanged
+        without a ramp or when ``start`` is 0."""
+        if self.ramp is None or start <= 0:
+            return self.ops
+        op, before, after = self.ramp
+        full = getattr(op, op.STRENGTH)
+        base = min(start, full)
+        return [*self.ops[:-1], op.staged(base + (full - base) * before,
+                                          base + (full - base) * after)]  # fmt: skip
 
 
 def ramp(strength: float, stages: int, kind: str = "cubic") -> list[float]:
@@ -113,10 +133,11 @@ def plan_stages(steps: Any) -> list[Stage]:
             tune = _check_finetune(tune, f"steps[{i}].finetune")
         if "schedule" in step:
             n, kind = _check_schedule(step["schedule"], op, f"steps[{i}].schedule")
-            previous = 0.0
-            for target in ramp(getattr(op, op.STRENGTH), n, kind):
-                stages.append(Stage([*pending, op.staged(previous, target)], tune))
-                pending, previous = [], target
+            strength, before = getattr(op, op.STRENGTH), 0.0
+            for after in ramp(1.0, n, kind):
+                staged = op.staged(strength * before, strength * after)
+                stages.append(Stage([*pending, staged], tune, ramp=(op, before, after)))
+                pending, before = [], after
         elif tune is not None:
             stages.append(Stage([*pending, op], tune))
             pending = []
@@ -155,9 +176,12 @@ def run_strategy(
         if on_stage is not None:
             on_stage(name if len(stages) == 1 else f"{name} {index + 1}/{len(stages)}")
 
+    start = 0.0
     for index, stage in enumerate(stages):
         announce("apply", index)
-        extend(cm, stage.ops)
+        if stage.ramp is not None and stage.ramp[1] == 0.0:  # a schedule begins
+            start = stage.ramp[0].start_strength(cm)
+        extend(cm, stage.ops_from(start))
         spec = {**dict(finetune_spec), **(stage.finetune or {})}
         method = spec.pop("method", "masked")
         announce("finetune", index)

@@ -191,7 +191,8 @@ class JobCreate(Strict):
         description="A proposal that extends a finished full-fidelity trial (the same steps with "
         "each strength at least as strong, more sparsity or fewer bits, or those steps followed "
         "by more; ops prune, block_prune, cluster, quantize; not with kd) starts from that "
-        "trial's checkpoint and names it as its `parent`.",
+        "trial's checkpoint and names it as its `parent`; a `prune` schedule then ramps on from "
+        "the parent's sparsity.",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Same seed + same inputs = same proposals.")
     latency_batch_size: int = Field(1, ge=1, le=65536, description="Batch size of latency_ms.")

@@ -66,6 +66,14 @@ class Prune(Op):
             del out["allocate"]
         return out
 
+    def start_strength(self, cm: CompressedModel) -> float:
+        """The share of the selected weights that are already zero (masked or exactly 0.0,
+        as in a warm start's parent or a user's pruned model): a schedule ramps on from it."""
+        params = dict(cm.model.named_parameters())
+        with torch.no_grad():
+            weights = [cm.project(n, params[n]) for n in weight_names(self, cm)]
+        return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
         names = weight_names(self, cm)
         params = dict(cm.model.named_parameters())

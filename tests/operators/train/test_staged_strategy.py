@@ -89,3 +89,24 @@ def test_one_stage_run_equals_apply_then_finetune(digits):
     reference = apply_strategy(model, steps)
     for name, param in cm.model.named_parameters():
         assert torch.equal(param, dict(reference.model.named_parameters())[name])
+
+
+def _prune_reports(cm):
+    return [r for r in cm.report if r.get("op") == "prune"]
+
+
+def test_a_schedule_ramps_on_from_the_sparsity_the_weights_already_have(digits):
+    torch.manual_seed(0)
+    model = build_model(*MLP)
+    steps = [{"op": "prune", "sparsity": 0.9, "schedule": {"stages": 3, "ramp": "linear"}}]
+    fresh = run_strategy(model, steps, digits, {"method": "none"})
+    assert [r["sparsity"] for r in _prune_reports(fresh)] == pytest.approx([0.3, 0.6, 0.9], abs=0.002)
+    with torch.no_grad():  # a warm start's parent: 60% of the weights already zero
+        parent = apply_strategy(model, [{"op": "prune", "sparsity": 0.6}]).model
+    warm = run_strategy(parent, steps, digits, {"method": "none"})
+    assert [r["sparsity"] for r in _prune_reports(warm)] == pytest.approx([0.7, 0.8, 0.9], abs=0.002)
+    assert plan_stages(steps)[0].ops[0].sparsity == pytest.approx(0.3)  # the plan is from 0
+    with torch.no_grad():  # already sparser than the target: every stage at the target
+        sparser = apply_strategy(model, [{"op": "prune", "sparsity": 0.95}]).model
+    held = run_strategy(sparser, steps, digits, {"method": "none"})
+    assert [r["sparsity"] for r in _prune_reports(held)] == pytest.approx([0.9, 0.9, 0.9], abs=0.002)
