@@ -129,7 +129,8 @@ class PenaltySGD:
     ) -> None:
         """Minimise ``batch_loss + coefficient/2 * sum ||p - target||^2``, in place. The
         optimizer and the penalty run on all tensors at once (``foreach``): on LeNet-300-100
-        the per-tensor loops were a sixth of a minibatch's time."""
+        (bench/lc, 2 threads) a minibatch of ``lc`` took 3.4 ms with per-tensor loops, 2.3 ms
+        so."""
         opt = torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad], lr=self.lr,
             momentum=self.momentum, nesterov=self.nesterov and self.momentum > 0, foreach=True,

@@ -66,18 +66,21 @@ class Prune(Op):
             del out["allocate"]
         return out
 
+    def _weights(self, cm: CompressedModel) -> tuple[list[str], list[torch.Tensor]]:
+        """The selected weights' names and their values as the model computes with them."""
+        names = weight_names(self, cm)
+        params = dict(cm.model.named_parameters())
+        return names, [cm.project(name, params[name]) for name in names]
+
     def start_strength(self, cm: CompressedModel) -> float:
         """The share of the selected weights that are already zero (masked or exactly 0.0,
         as in a warm start's parent or a user's pruned model): a schedule ramps on from it."""
-        params = dict(cm.model.named_parameters())
         with torch.no_grad():
-            weights = [cm.project(n, params[n]) for n in weight_names(self, cm)]
+            _, weights = self._weights(cm)
         return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
     def apply(self, cm: CompressedModel) -> dict[str, Any]:
-        names = weight_names(self, cm)
-        params = dict(cm.model.named_parameters())
-        weights = [cm.project(name, params[name]) for name in names]
+        names, weights = self._weights(cm)
         details: dict[str, Any] = {}
         if self.allocate == "sensitivity":
             floors = {n: int((~cm.masks[n]).sum()) if n in cm.masks else 0 for n in names}
