@@ -77,17 +77,25 @@ def run_job(api: Any, model_id: int, seed: int, budget: dict, args: argparse.Nam
     job = api.wait(api.submit(spec)["id"])
     start = datetime.fromisoformat(job["started_at"]).timestamp()
     wall = _seconds(job["finished_at"], start)
-    found = []
+    found, record = [], []
     for t in api.trials(job["id"]):
         metrics = t.get("metrics") or {}
         if t["state"] == "succeeded" and t.get("fidelity", 1.0) >= 1.0 and t.get("feasible"):
             found.append((_seconds(t["finished_at"], start), metrics["compression_ratio"]))
+        record.append({
+            "number": t["number"], "rung": t.get("rung", 0), "fidelity": t.get("fidelity"),
+            "parent": t.get("parent"), "strategy": t["strategy"], "params": t["params"],
+            "state": t["state"], "feasible": t.get("feasible"),
+            "ratio": metrics.get("compression_ratio"), "drop": metrics.get("accuracy_drop"),
+            "started_s": _seconds(t.get("started_at"), start),
+            "finished_s": _seconds(t.get("finished_at"), start),
+        })  # fmt: skip
     best = job.get("best") or {}
     return {
         "wall_s": round(wall, 1), "trials": len(api.trials(job["id"])),
         "stop_reason": job.get("stop_reason"),
         "best_ratio": (best.get("metrics") or {}).get("compression_ratio"),
-        "feasible_full": sorted(found),
+        "feasible_full": sorted(found), "trial_records": record,
     }  # fmt: skip
 
 
