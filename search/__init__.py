@@ -27,6 +27,7 @@ from .optimizer import (
     SearchSettingsError,
     default_n_initial,
     predicted_gain,
+    promotion_scores,
     propose,
 )
 from .pareto import best_feasible, feasible_front, hypervolume, infer_reference, pareto_front
@@ -58,6 +59,7 @@ __all__ = [
     "measurement_variances",
     "pareto_front",
     "predicted_gain",
+    "promotion_scores",
     "progress_curve",
     "propose",
     "stop_reason",

@@ -395,6 +395,52 @@ def predicted_gain(
     return math.exp(log_gain) / slope, float(fitted.resolution[0]) / slope
 
 
+def promotion_scores(
+    space: SearchSpace,
+    objective: Objective,
+    history: Sequence[Observation],
+    candidates: Sequence[Candidate],
+    *,
+    seed: int = 0,
+    settings: SearchSettings = DEFAULT_SETTINGS,
+) -> list[float] | None:
+    """How much each of ``candidates`` (trials finished at a low rung) is worth continuing:
+    its predicted objective at full fidelity times the probability that every constraint
+    holds there (for a minimised objective, the value divided by that probability, negated),
+    higher first; None when it cannot be told (a Pareto objective, no model with the
+    fidelity column, too few trials, a failed fit): rank by the observed results instead.
+
+    A short fine-tune is pessimistic about accuracy and says nothing new about size, so a
+    candidate infeasible at a ninth of its epochs may be the best one at all of them; the
+    model, fitted on every rung (item 3 of the module docstring), reads each at fidelity 1.
+    """
+    if objective.kind != "single" or not candidates or space.dim == 0:
+        return None
+    seed = seed % _SEED_MODULUS
+    try:
+        with _model_context(settings, seed * 1000 + len(history)):
+            settings = settings.for_history(len(history))
+            fitted = _fit(space, objective, history, settings, seed)
+            if not isinstance(fitted.model, _AtFullFidelity):
+                return None
+            X = torch.stack([space.encode(c) for c in candidates])
+            with torch.no_grad():
+                posterior = fitted.model.posterior(X)
+                mean, std = posterior.mean, posterior.variance.clamp_min(1e-12).sqrt()
+    except Exception:  # noqa: BLE001 - no model, no prediction: rank by the results
+        return None
+    normal = torch.distributions.Normal(0.0, 1.0)
+    feasible = torch.ones(len(candidates), dtype=mean.dtype)
+    for j, bound, sign in fitted.bounds:
+        feasible = feasible * normal.cdf(sign * (bound - mean[:, j]) / std[:, j])
+    value = fitted.warps[0].untransform(mean[:, 0])
+    if objective.metrics[0][1] == "max":
+        scores = feasible * value
+    else:
+        scores = -value / feasible.clamp_min(1e-9)
+    return [float(v) if math.isfinite(float(v)) else -math.inf for v in scores]
+
+
 # ------------------------------------------------------------------- helpers
 @contextmanager
 def _model_context(settings: SearchSettings, seed: int) -> Iterator[None]:

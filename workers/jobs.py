@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -31,7 +32,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from operators import Cancelled
-from search import Candidate, Objective, Observation, SearchSettings, SearchSpace, propose
+from search import (
+    Candidate,
+    Objective,
+    Observation,
+    SearchSettings,
+    SearchSpace,
+    promotion_scores,
+    propose,
+)
 from search.stopping import stop_reason
 from service.core import repository
 from service.core.budget import Rungs, epochs_spent
@@ -54,7 +63,6 @@ from workers.device import describe, worker_device
 from workers.trial import ModelSource, compute_baseline, extends, run_trial, strategy_epochs
 
 log = logging.getLogger(__name__)
-
 
 
 def worker_name() -> str:
@@ -135,12 +143,22 @@ def _full_epochs(job: Job, steps: list[dict[str, Any]]) -> float:
 
 
 def _promotions(
-    trials: list[Trial], objective: Objective, rungs: Rungs, *, drain: bool
+    trials: list[Trial],
+    objective: Objective,
+    rungs: Rungs,
+    *,
+    drain: bool,
+    scores: Callable[[list[Trial]], list[float] | None] | None = None,
 ) -> list[Trial]:
     """The trials to continue at their next rung, the most advanced rung first: at each rung
     below the top, the best ``floor(finished / eta)`` of its finished trials not yet continued.
     ``drain`` (the job would otherwise finish without a full-fidelity result): the best
-    trial of the highest rung reached is continued even if its rung is not full."""
+    trial of the highest rung reached is continued even if its rung is not full.
+
+    "Best" is by ``scores`` (the optimiser's predicted worth at full fidelity,
+    :func:`search.promotion_scores`) where it gives one, else by the observed results
+    (:func:`repository.result_rank`: feasible first, which a short fine-tune makes
+    pessimistic about every strong compression)."""
     continued = {t.parent_trial_id for t in trials if t.rung}
     out: list[Trial] = []
     for rung in range(rungs.top - 1, -1, -1):
@@ -149,11 +167,32 @@ def _promotions(
             (t for t in finished if t.state == "succeeded"),
             key=lambda t: repository.result_rank(t.metrics, objective),
         )
-        best = ranked[: len(finished) // rungs.eta]
-        out += [t for t in best if t.id not in continued]
-        if drain and not out and ranked and all(t.rung <= rung for t in trials):
-            out = [ranked[0]] if ranked[0].id not in continued else []
+        waiting = [t for t in ranked if t.id not in continued]
+        n_open = len(finished) // rungs.eta - (len(ranked) - len(waiting))
+        last_chance = drain and not out and all(t.rung <= rung for t in trials)
+        if scores is not None and waiting and (n_open > 0 or last_chance) and len(ranked) > 1:
+            predicted = scores(ranked)
+            if predicted is not None:
+                worth = {t.id: p for t, p in zip(ranked, predicted, strict=True)}
+                waiting.sort(key=lambda t: -worth[t.id])
+        out += waiting[: max(0, n_open)]
+        if last_chance and not out and waiting:
+            out = waiting[:1]
     return out
+
+
+def _promotion_scores(
+    job: Job, observations: list[Observation], ranked: list[Trial]
+) -> list[float] | None:
+    """:func:`search.promotion_scores` of the ``ranked`` trials, from the job's history."""
+    return promotion_scores(
+        SearchSpace.from_spec(job.spec["search_space"]),
+        Objective.from_spec(job.spec["objective"]),
+        observations,
+        [Candidate(strategy=t.strategy, params=dict(t.params)) for t in ranked],
+        seed=job.seed,
+        settings=_search_settings(job),
+    )
 
 
 def _warm_parent(
@@ -218,21 +257,34 @@ def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None
             objective = Objective.from_spec(job.spec["objective"])
             rungs = Rungs.of(job)
             slots = repository.inflight_limit(job, settings.max_inflight_per_job) - len(active)
-            drain = reason is not None and not active and not any(
-                t.state == "succeeded" and t.rung == rungs.top for t in trials
+            drain = (
+                reason is not None
+                and not active
+                and not any(t.state == "succeeded" and t.rung == rungs.top for t in trials)
             )
-            promoted = _promotions(trials, objective, rungs, drain=drain)[: max(0, slots)]
+            promoted = _promotions(
+                trials, objective, rungs, drain=drain,
+                scores=lambda ranked: _promotion_scores(job, observations, ranked),
+            )[: max(0, slots)]  # fmt: skip
             for rank, parent in enumerate(promoted, start=1):
-                trial = _add_continuation(session, job, len(trials) + len(to_run), parent, rungs, rank)
+                trial = _add_continuation(
+                    session, job, len(trials) + len(to_run), parent, rungs, rank
+                )
                 to_run.append((trial.id, trial.attempt))
-            free = 0 if reason is not None else min(
-                slots - len(promoted),
-                job.spec["budget"]["max_trials"] - sum(not t.rung for t in trials),
+            free = (
+                0
+                if reason is not None
+                else min(
+                    slots - len(promoted),
+                    job.spec["budget"]["max_trials"] - sum(not t.rung for t in trials),
+                )
             )
             if reason is not None and not active and not promoted:
                 repository.finish_job(job, trials, now, reason)
                 return
-            if free > 0 and not _propose(session, job, trials, free, rungs, (observations, pending), to_run, now):
+            if free > 0 and not _propose(
+                session, job, trials, free, rungs, (observations, pending), to_run, now
+            ):
                 return
             repository.mark_sent(session, [trial_id for trial_id, _ in to_run])
         for trial_id, attempt in to_run:  # after the commit: messages are hints
@@ -267,7 +319,10 @@ def _propose(
         parent = _warm_parent(job, trials, objective, steps)
         reason = proposal.reason
         if parent is not None:
-            reason = {**(reason or {}), "warm_start": {"parent": parent.id, "number": parent.number}}
+            reason = {
+                **(reason or {}),
+                "warm_start": {"parent": parent.id, "number": parent.number},
+            }
         trial = repository.add_trial(
             session, job.id, len(trials) + len(to_run), strategy=proposal.candidate.strategy,
             params=proposal.candidate.params, steps=steps, reason=reason, fidelity=fraction,
@@ -317,7 +372,12 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, settings: Settings, trial_id: int, attempt: int, job_id: int) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{trial_id}")
-        self.settings, self.trial_id, self.attempt, self.job_id = settings, trial_id, attempt, job_id
+        self.settings, self.trial_id, self.attempt, self.job_id = (
+            settings,
+            trial_id,
+            attempt,
+            job_id,
+        )
         self.progress = 0.0
         self.stage: str | None = None  # what the trial is doing (run_trial's on_stage)
         self.cancelled = threading.Event()

@@ -20,6 +20,7 @@ from search import (
     SearchSettingsError,
     SearchSpace,
     best_feasible,
+    promotion_scores,
     propose,
 )
 from search.noise import binomial_variance
@@ -490,6 +491,26 @@ def test_low_fidelity_results_are_model_data_read_at_full_fidelity(constrained, 
     pending = [Candidate("prune", {"0.sparsity": 0.42})]
     batch = propose(one_d, constrained, [*full, *shorts], pending, 2, seed=0, settings=fast)
     assert [p.reason["method"] for p in batch] == ["qLogNEI", "qLogNEI"], batch[0].reason
+
+
+def test_promotion_scores_rank_a_short_fine_tunes_strong_compression_by_its_full_fidelity_worth(
+    constrained, one_d, fast
+):
+    # at a quarter of the epochs the toy's drop is 0.1 higher: sparsity 0.75 is infeasible
+    # there (0.52 > 0.5) but feasible at full fidelity (0.42), with the largest ratio
+    full = run_history(one_d, 3)
+    shorts = [_short(s) for s in (0.05, 0.2, 0.35, 0.4, 0.5, 0.65, 0.75, 0.9, 0.95)]
+    candidates = [o.candidate for o in shorts]
+    scores = promotion_scores(one_d, constrained, [*full, *shorts], candidates, settings=fast)
+    assert scores is not None and len(scores) == len(shorts)
+    feasible = [o for o in shorts if constrained.is_feasible(o.metrics)]
+    by_result = max(feasible, key=lambda o: o.metrics["compression_ratio"])
+    by_score = shorts[max(range(len(shorts)), key=scores.__getitem__)]
+    assert by_result.candidate.params["0.sparsity"] == 0.65  # feasible at the short fine-tune
+    assert by_score.candidate.params["0.sparsity"] == 0.75, scores
+    assert scores[-1] < scores[-3] and scores[-2] < scores[-3]  # 0.9, 0.95: infeasible even at full
+    # no fidelity column (only full-fidelity data): no scores
+    assert promotion_scores(one_d, constrained, full, candidates[:2], settings=fast) is None
 
 
 def test_noise_settings_parse_and_reject_bad_values():

@@ -150,6 +150,33 @@ def test_rung_fractions_grow_by_eta_up_to_full_fidelity(digits_job) -> None:  # 
     assert Rungs.of(_job(settings, job_id)).fractions == (1.0,)
 
 
+def _rung_trial(trial_id: int, ratio: float, drop: float, rung: int = 0, parent: int | None = None) -> Trial:
+    return Trial(id=trial_id, state="succeeded", rung=rung, parent_trial_id=parent,
+                 metrics={"compression_ratio": ratio, "accuracy_drop": drop})  # fmt: skip
+
+
+def test_promotion_follows_the_predicted_full_fidelity_worth_and_keeps_the_rung_quota() -> None:
+    objective = jobs.Objective.from_spec(
+        {"maximize": "compression_ratio", "constraints": [{"metric": "accuracy_drop", "max": 0.05}]}
+    )
+    rungs = Rungs((1 / 3, 1.0), 3)
+    # at a third of its epochs the 60x trial is infeasible (0.08 > 0.05); the model says it
+    # is worth the most at full fidelity
+    low = [_rung_trial(1, 20.0, 0.01), _rung_trial(2, 60.0, 0.08), _rung_trial(3, 5.0, 0.0)]
+    worth = {1: 15.0, 2: 40.0, 3: 5.0}
+    scores = lambda ranked: [worth.get(t.id, 0.0) for t in ranked]  # noqa: E731
+    assert [t.id for t in jobs._promotions(low, objective, rungs, drain=False)] == [1]
+    picked = jobs._promotions(low, objective, rungs, drain=False, scores=scores)
+    assert [t.id for t in picked] == [2]
+    assert [t.id for t in jobs._promotions(low, objective, rungs, drain=False,
+                                           scores=lambda ranked: None)] == [1]  # fmt: skip
+    # one promotion per 3 finished: once trial 1 was continued, a reordering adds none
+    done = [*low, _rung_trial(4, 20.0, 0.0, rung=1, parent=1)]
+    assert jobs._promotions(done, objective, rungs, drain=False, scores=scores) == []
+    six = [*done, *(_rung_trial(i, 1.0 + i, 0.0) for i in (5, 6, 7))]
+    assert [t.id for t in jobs._promotions(six, objective, rungs, drain=False, scores=scores)] == [2]
+
+
 def test_the_trial_budget_does_not_end_a_job_without_a_full_fidelity_result(digits_job) -> None:  # noqa: ANN001
     """Two rung-0 trials are fewer than eta: none is continued by the rule, so when the trial
     budget is spent the best of them is carried up to full fidelity before the job ends."""
