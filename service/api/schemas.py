@@ -104,9 +104,11 @@ class Rungs(Strict):
         3,
         ge=2,
         le=100,
-        description="Of every eta trials finished at a rung, the best one (feasible first by "
-        "the objective, then the closest to the constraints) is continued at the next rung from "
-        "its own checkpoint, for the epochs that rung adds.",
+        description="Of every eta trials finished at a rung, the best one is continued at the "
+        "next rung from its own checkpoint, for the epochs that rung adds. Best: the "
+        "optimiser's predicted objective at full fidelity times the probability that the "
+        "constraints hold there (single objectives with search.low_fidelity_data); else "
+        "feasible first by the objective, then the closest to the constraints.",
     )
 
 
