@@ -370,9 +370,7 @@ def predicted_gain(
         return None
     seed = seed % _SEED_MODULUS
     try:
-        with _model_context(settings, seed * 1000 + len(history)):
-            settings = settings.for_history(len(history))
-            fitted = _fit(space, objective, history, settings, seed)
+        with _fitted_in_context(space, objective, history, settings, seed) as (fitted, settings):
             acqf, _ = _acquisition(fitted, objective, None, 1, seed, settings)
             if space.dim == 1 and space.fixed_features_list() == [{}]:
                 pool = levelset.unit_grid(space)
@@ -418,9 +416,7 @@ def promotion_scores(
         return None
     seed = seed % _SEED_MODULUS
     try:
-        with _model_context(settings, seed * 1000 + len(history)):
-            settings = settings.for_history(len(history))
-            fitted = _fit(space, objective, history, settings, seed)
+        with _fitted_in_context(space, objective, history, settings, seed) as (fitted, _):
             if not isinstance(fitted.model, _AtFullFidelity):
                 return None
             X = torch.stack([space.encode(c) for c in candidates])
@@ -442,6 +438,21 @@ def promotion_scores(
 
 
 # ------------------------------------------------------------------- helpers
+@contextmanager
+def _fitted_in_context(
+    space: SearchSpace,
+    objective: Objective,
+    history: Sequence[Observation],
+    settings: SearchSettings,
+    seed: int,
+) -> Iterator[tuple[_Fitted, SearchSettings]]:
+    """The model of ``history`` (:func:`_fit`) and the settings for its size, inside the
+    seeded model context that every read of it must stay in; ``seed`` already reduced."""
+    with _model_context(settings, seed * 1000 + len(history)):
+        settings = settings.for_history(len(history))
+        yield _fit(space, objective, history, settings, seed), settings
+
+
 @contextmanager
 def _model_context(settings: SearchSettings, seed: int) -> Iterator[None]:
     """Fit and optimise quietly, with ``settings.num_threads`` and a torch RNG seeded by

@@ -65,6 +65,7 @@ from workers.trial import ModelSource, compute_baseline, extends, run_trial, str
 log = logging.getLogger(__name__)
 
 
+
 def worker_name() -> str:
     """hostname:pid of this process, the pool process that runs the trial (read at each call:
     a Celery pool child forks after import)."""
@@ -156,11 +157,12 @@ def _promotions(
     trial of the highest rung reached is continued even if its rung is not full.
 
     "Best" is by ``scores`` (the optimiser's predicted worth at full fidelity,
-    :func:`search.promotion_scores`) where it gives one, else by the observed results
-    (:func:`repository.result_rank`: feasible first, which a short fine-tune makes
+    :func:`search.promotion_scores`, asked once for every waiting trial of every rung, and
+    only when some rung has a trial to continue) where it gives one, else by the observed
+    results (:func:`repository.result_rank`: feasible first, which a short fine-tune makes
     pessimistic about every strong compression)."""
     continued = {t.parent_trial_id for t in trials if t.rung}
-    out: list[Trial] = []
+    rows = []  # per rung, most advanced first: (ranked waiting trials, open places, last chance)
     for rung in range(rungs.top - 1, -1, -1):
         finished = [t for t in trials if t.rung == rung and t.state in ("succeeded", "failed")]
         ranked = sorted(
@@ -169,12 +171,19 @@ def _promotions(
         )
         waiting = [t for t in ranked if t.id not in continued]
         n_open = len(finished) // rungs.eta - (len(ranked) - len(waiting))
-        last_chance = drain and not out and all(t.rung <= rung for t in trials)
-        if scores is not None and waiting and (n_open > 0 or last_chance) and len(ranked) > 1:
-            predicted = scores(ranked)
-            if predicted is not None:
-                worth = {t.id: p for t, p in zip(ranked, predicted, strict=True)}
+        last_chance = drain and all(t.rung <= rung for t in trials)  # the highest rung reached
+        rows.append((waiting, n_open, last_chance))
+    candidates = [t for waiting, _, _ in rows for t in waiting]
+    if scores is not None and len(candidates) > 1 and any(
+        waiting and (n_open > 0 or last_chance) for waiting, n_open, last_chance in rows
+    ):
+        predicted = scores(candidates)
+        if predicted is not None:
+            worth = {t.id: p for t, p in zip(candidates, predicted, strict=True)}
+            for waiting, _, _ in rows:
                 waiting.sort(key=lambda t: -worth[t.id])
+    out: list[Trial] = []
+    for waiting, n_open, last_chance in rows:
         out += waiting[: max(0, n_open)]
         if last_chance and not out and waiting:
             out = waiting[:1]
@@ -182,14 +191,14 @@ def _promotions(
 
 
 def _promotion_scores(
-    job: Job, observations: list[Observation], ranked: list[Trial]
+    job: Job, observations: list[Observation], waiting: list[Trial]
 ) -> list[float] | None:
-    """:func:`search.promotion_scores` of the ``ranked`` trials, from the job's history."""
+    """:func:`search.promotion_scores` of the ``waiting`` trials, from the job's history."""
     return promotion_scores(
         SearchSpace.from_spec(job.spec["search_space"]),
         Objective.from_spec(job.spec["objective"]),
         observations,
-        [Candidate(strategy=t.strategy, params=dict(t.params)) for t in ranked],
+        [Candidate(strategy=t.strategy, params=dict(t.params)) for t in waiting],
         seed=job.seed,
         settings=_search_settings(job),
     )
@@ -257,34 +266,24 @@ def advance_job(settings: Settings, dispatcher: Dispatcher, job_id: int) -> None
             objective = Objective.from_spec(job.spec["objective"])
             rungs = Rungs.of(job)
             slots = repository.inflight_limit(job, settings.max_inflight_per_job) - len(active)
-            drain = (
-                reason is not None
-                and not active
-                and not any(t.state == "succeeded" and t.rung == rungs.top for t in trials)
+            drain = reason is not None and not active and not any(
+                t.state == "succeeded" and t.rung == rungs.top for t in trials
             )
             promoted = _promotions(
                 trials, objective, rungs, drain=drain,
-                scores=lambda ranked: _promotion_scores(job, observations, ranked),
+                scores=lambda waiting: _promotion_scores(job, observations, waiting),
             )[: max(0, slots)]  # fmt: skip
             for rank, parent in enumerate(promoted, start=1):
-                trial = _add_continuation(
-                    session, job, len(trials) + len(to_run), parent, rungs, rank
-                )
+                trial = _add_continuation(session, job, len(trials) + len(to_run), parent, rungs, rank)
                 to_run.append((trial.id, trial.attempt))
-            free = (
-                0
-                if reason is not None
-                else min(
-                    slots - len(promoted),
-                    job.spec["budget"]["max_trials"] - sum(not t.rung for t in trials),
-                )
+            free = 0 if reason is not None else min(
+                slots - len(promoted),
+                job.spec["budget"]["max_trials"] - sum(not t.rung for t in trials),
             )
             if reason is not None and not active and not promoted:
                 repository.finish_job(job, trials, now, reason)
                 return
-            if free > 0 and not _propose(
-                session, job, trials, free, rungs, (observations, pending), to_run, now
-            ):
+            if free > 0 and not _propose(session, job, trials, free, rungs, (observations, pending), to_run, now):
                 return
             repository.mark_sent(session, [trial_id for trial_id, _ in to_run])
         for trial_id, attempt in to_run:  # after the commit: messages are hints
@@ -319,10 +318,7 @@ def _propose(
         parent = _warm_parent(job, trials, objective, steps)
         reason = proposal.reason
         if parent is not None:
-            reason = {
-                **(reason or {}),
-                "warm_start": {"parent": parent.id, "number": parent.number},
-            }
+            reason = {**(reason or {}), "warm_start": {"parent": parent.id, "number": parent.number}}
         trial = repository.add_trial(
             session, job.id, len(trials) + len(to_run), strategy=proposal.candidate.strategy,
             params=proposal.candidate.params, steps=steps, reason=reason, fidelity=fraction,
@@ -372,12 +368,7 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, settings: Settings, trial_id: int, attempt: int, job_id: int) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{trial_id}")
-        self.settings, self.trial_id, self.attempt, self.job_id = (
-            settings,
-            trial_id,
-            attempt,
-            job_id,
-        )
+        self.settings, self.trial_id, self.attempt, self.job_id = settings, trial_id, attempt, job_id
         self.progress = 0.0
         self.stage: str | None = None  # what the trial is doing (run_trial's on_stage)
         self.cancelled = threading.Event()

@@ -41,7 +41,7 @@ import statistics
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -52,25 +52,37 @@ from operators import build_model, load_dataset, train
 CACHE = Path(__file__).resolve().parents[1] / ".cache"
 OUT = Path(__file__).with_name("results.json")
 ARCH = "lenet-300-100"
-#: ``--problem``: the dataset, the model's config, the baseline's epochs and the trials'
-#: batch size. On digits each trial's fixed costs (the ask, saving, measuring) outweigh its
-#: fine-tuning; on MNIST (55k training images) the fine-tuning dominates, as in real jobs.
+
+
+class Problem(NamedTuple):
+    """A ``--problem``: the dataset, the model's config, the baseline's epochs and the
+    trials' batch size. On digits each trial's fixed costs (the ask, saving, measuring)
+    outweigh its fine-tuning; on MNIST (55k training images) the fine-tuning dominates, as in
+    real jobs."""
+
+    dataset: str
+    config: dict
+    epochs: float
+    batch_size: int
+
+
 PROBLEMS = {
-    "digits": ("builtin:digits", {"in_features": 64, "num_classes": 10}, 30.0, 64),
-    "mnist": ("builtin:mnist", {}, 4.0, 128),
+    "digits": Problem("builtin:digits", {"in_features": 64, "num_classes": 10}, 30.0, 64),
+    "mnist": Problem("builtin:mnist", {}, 4.0, 128),
 }
 
 
 def baseline(problem: str, epochs: float | None = None) -> Path:
     """LeNet-300-100 trained on the problem's dataset once (cached); the safetensors path."""
-    dataset, config, default_epochs, batch_size = PROBLEMS[problem]
-    epochs = default_epochs if epochs is None else epochs
+    spec = PROBLEMS[problem]
+    epochs = spec.epochs if epochs is None else epochs
     path = CACHE / f"fidelity-{problem}-e{epochs}.safetensors"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        model = build_model(ARCH, config)
-        train(model, load_dataset(dataset), epochs=epochs, lr=2e-3, batch_size=batch_size, seed=0)
+        model = build_model(ARCH, spec.config)
+        train(model, load_dataset(spec.dataset), epochs=epochs, lr=2e-3,
+              batch_size=spec.batch_size, seed=0)  # fmt: skip
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
 
@@ -82,11 +94,11 @@ def _seconds(stamp: str | None, start: float) -> float | None:
 def run_job(api: Any, model_id: int, seed: int, budget: dict, args: argparse.Namespace) -> dict:
     """Submit one job, wait for it; its wall time, best and full-fidelity feasible trials."""
     spec = {
-        "model_id": model_id, "dataset": PROBLEMS[args.problem][0], "seed": seed,
+        "model_id": model_id, "dataset": PROBLEMS[args.problem].dataset, "seed": seed,
         "objective": {"maximize": "compression_ratio",
                       "constraints": [{"metric": "accuracy_drop", "max": args.max_drop}]},
         "finetune": {"method": "masked", "epochs": args.finetune_epochs, "lr": 1e-3,
-                     "batch_size": PROBLEMS[args.problem][3]},
+                     "batch_size": PROBLEMS[args.problem].batch_size},
         "budget": {"max_parallel": 1, **budget},
         "search": {"stop_below_noise": False},
     }  # fmt: skip
@@ -142,7 +154,7 @@ def main() -> None:
     weights = baseline(args.problem, args.epochs)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, embedded_api(Path(tmp)) as (_, api):
-        model = api.register_model(weights, ARCH, PROBLEMS[args.problem][1])
+        model = api.register_model(weights, ARCH, PROBLEMS[args.problem].config)
         for seed in range(args.seeds):
             single = run_job(api, model["id"], seed, {"max_trials": args.trials}, args)
             multi = run_job(api, model["id"], seed, {

@@ -18,8 +18,8 @@
   the last iteration, :func:`lc_mu_mult`; Condensa's recipe is 1e-3 and 1.1, which at the
   budgets measured here, 4,300 and 17,000 minibatches on LeNet-300-100 at density 0.02, lost
   4.3 and 1.2 points where 1e-2 and 1.2 lost 2.0 and 1.1, but at Condensa's own 66,000
-  it lost 0.09 where the default lost 0.83: bench/README.md, L-C). The L-steps share the ``epochs`` of
-  minibatches, the first one (which recovers from the direct compression) 45% of them as in
+  it lost 0.09 where the default lost 0.83: bench/README.md, L-C). The L-steps share the
+  ``epochs`` of minibatches, the first one (which recovers from the direct compression) 45% of them as in
   Condensa's recipe (:func:`lc_steps`); each is SGD with Nesterov momentum 0.95 on the loss
   plus the penalty (Condensa's L-step), the learning rate decaying from ``lr`` (Condensa: 0.01)
   to ``lr/100``; the best compressed iterate by validation loss is kept with its structure;

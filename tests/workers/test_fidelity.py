@@ -175,6 +175,16 @@ def test_promotion_follows_the_predicted_full_fidelity_worth_and_keeps_the_rung_
     assert jobs._promotions(done, objective, rungs, drain=False, scores=scores) == []
     six = [*done, *(_rung_trial(i, 1.0 + i, 0.0) for i in (5, 6, 7))]
     assert [t.id for t in jobs._promotions(six, objective, rungs, drain=False, scores=scores)] == [2]
+    # three rungs, two with a place open: one model read for all their waiting trials
+    three = Rungs((1 / 9, 1 / 3, 1.0), 3)
+    mid = [_rung_trial(i, 30.0 + i, 0.0, rung=1, parent=100 + i) for i in (11, 12, 13)]
+    asked: list[list[int]] = []
+    def counted(waiting: list[Trial]) -> list[float]:
+        asked.append([t.id for t in waiting])
+        return [float(t.id) for t in waiting]
+    picked = jobs._promotions([*low, *mid], objective, three, drain=False, scores=counted)
+    assert [t.id for t in picked] == [13, 3] and len(asked) == 1
+    assert sorted(asked[0]) == [1, 2, 3, 11, 12, 13]
 
 
 def test_the_trial_budget_does_not_end_a_job_without_a_full_fidelity_result(digits_job) -> None:  # noqa: ANN001
